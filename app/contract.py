@@ -1,0 +1,151 @@
+"""The queue contract shared by the API and the worker: job spec, statuses, Redis key names.
+
+Free of web and GPU imports on purpose (a test asserts that importing it loads neither torch nor
+fastapi): both sides import this module and nothing else of each other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+
+SLUG = "sdxl-img2img"
+# The worker's entry point, enqueued by dotted path with a JSON payload (never pickled objects).
+JOB_FUNCTION = "worker.tasks.run_request"
+OUTPUT_FORMATS = ("jpeg", "png", "webp")
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+FILE_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+SEED_MODULUS = 2**64
+
+
+class Status(StrEnum):
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    def is_terminal(self) -> bool:
+        return self in (Status.COMPLETED, Status.FAILED)
+
+
+# Error strings that clients may match on.
+CANCELLED = "cancelled"
+WORKER_LOST = "worker lost"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Every request field after validation and defaults, plus where the input image sits."""
+
+    request_id: str
+    base_model: str
+    scheduler: str
+    prompt: str
+    negative_prompt: str
+    num_inference_steps: int
+    guidance_scale: float
+    strength: float
+    samples: int
+    seed: int  # resolved: never -1 here; output i uses (seed + i) mod 2**64
+    output_format: str
+    output_quality: int
+    base64: bool
+    width: int  # working resolution, multiples of 8
+    height: int
+    input_key: str
+    key_id: str = ""
+    cost: int = 0
+    created_at: float = 0.0
+
+    def seeds(self) -> list[int]:
+        return [(self.seed + i) % SEED_MODULUS for i in range(self.samples)]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> JobSpec:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        # Forward compatible: a field added by a newer API version is ignored by an older worker.
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def file_name(self, index: int) -> str:
+        return f"{self.request_id}-{index}.{FILE_EXTENSIONS[self.output_format]}"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every Redis key and queue name this server creates, under one prefix."""
+
+    prefix: str
+
+    def request(self, request_id: str) -> str:
+        """Hash with the request's status, spec, progress, result and accounting."""
+        return f"{self.prefix}:req:{request_id}"
+
+    def input_image(self, request_id: str) -> str:
+        return f"{self.prefix}:in:{request_id}"
+
+    def output(self, request_id: str, file_name: str) -> str:
+        return f"{self.prefix}:out:{request_id}:{file_name}"
+
+    def done(self, request_id: str) -> str:
+        """A list the worker pushes to when the request ends; sync waiters BLPOP it."""
+        return f"{self.prefix}:done:{request_id}"
+
+    @property
+    def processing(self) -> str:
+        """Sorted set of PROCESSING request ids (score: start time), watched for lost workers."""
+        return f"{self.prefix}:processing"
+
+    def worker(self, worker_id: str) -> str:
+        """Heartbeat of one worker, with a TTL: gone means dead."""
+        return f"{self.prefix}:worker:{worker_id}"
+
+    @property
+    def worker_pattern(self) -> str:
+        return f"{self.prefix}:worker:*"
+
+    def queue_name(self, base_model: str) -> str:
+        """RQ queue name for one base model (rq stores it under `rq:queue:<name>`)."""
+        return f"{self.prefix}.{base_model}"
+
+    def rq_queue_key(self, base_model: str) -> str:
+        return f"rq:queue:{self.queue_name(base_model)}"
+
+    def api_key(self, key_hash: str) -> str:
+        return f"{self.prefix}:key:{key_hash}"
+
+    @property
+    def api_key_index(self) -> str:
+        """Hash from key id to key hash, for listing and for revoking by id."""
+        return f"{self.prefix}:keys"
+
+    def rate(self, key_id: str) -> str:
+        return f"{self.prefix}:rate:{key_id}"
+
+    def metrics(self, name: str) -> str:
+        return f"{self.prefix}:metrics:{name}"
+
+
+# Fields of the request hash (Keys.request). Written by the API at submission and by the worker.
+class Field:
+    STATUS = "status"
+    SPEC = "spec"
+    KEY_ID = "key_id"
+    COST = "cost"
+    CREATED_AT = "created_at"
+    STARTED_AT = "started_at"
+    FINISHED_AT = "finished_at"
+    ERROR = "error"
+    ERROR_STATUS = "error_status"  # the HTTP status a FAILED request deserves on v1 (400 or 500)
+    WORKER = "worker"
+    ATTEMPTS = "attempts"
+    STEP = "step"
+    TOTAL = "total"
+    RESULT = "result"  # JSON: {"images": [...], "seeds": [...], "inference_time": s}
+    CANCEL = "cancel"  # set to 1 when a cancel was asked for a PROCESSING request
+    REFUNDED = "refunded"  # set once credits were given back (exactly once)
+    WEBHOOK = "webhook_url"

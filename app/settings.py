@@ -1,0 +1,83 @@
+"""One settings object, read from the environment (and `.env`) once, handed to code that needs it.
+
+Nothing here runs at import time: call `Settings()` (or `load_settings()`) where the process starts.
+A setting with an invalid value stops the process with a message naming it (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    redis_url: str = Field("redis://localhost:6379/0", validation_alias=_env("REDIS_URL"))
+    redis_prefix: str = Field(
+        "sdxl", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", validation_alias=_env("SDXL_REDIS_PREFIX")
+    )
+    # Redis socket timeouts: short, so that an outage is a quick 502 and never a hang.
+    redis_socket_timeout_s: float = Field(1.5, gt=0, validation_alias=_env("SDXL_REDIS_SOCKET_TIMEOUT_S"))
+    models_file: str = Field("models.yaml", validation_alias=_env("SDXL_MODELS_FILE"))
+    public_url: str | None = Field(None, validation_alias=_env("SDXL_PUBLIC_URL"))
+    auth: Literal["enabled", "disabled"] = Field("enabled", validation_alias=_env("SDXL_AUTH"))
+    api_keys: str = Field("", validation_alias=_env("SDXL_API_KEYS"))
+    default_base_model: str = Field("juggernaut", validation_alias=_env("SDXL_DEFAULT_BASE_MODEL"))
+    result_ttl_s: int = Field(3600, ge=1, validation_alias=_env("SDXL_RESULT_TTL_S"))
+    sync_timeout_s: float = Field(300, gt=0, validation_alias=_env("SDXL_SYNC_TIMEOUT_S"))
+    max_queue: int = Field(1000, ge=1, validation_alias=_env("SDXL_MAX_QUEUE"))
+    max_image_bytes: int = Field(20_000_000, ge=1, validation_alias=_env("SDXL_MAX_IMAGE_BYTES"))
+    max_input_pixels: int = Field(40_000_000, ge=64 * 64, validation_alias=_env("SDXL_MAX_INPUT_PIXELS"))
+    max_pixels: int = Field(1_572_864, ge=64 * 64, validation_alias=_env("SDXL_MAX_PIXELS"))
+    max_body_bytes: int = Field(30_000_000, ge=1024, validation_alias=_env("SDXL_MAX_BODY_BYTES"))
+    allow_private_urls: bool = Field(False, validation_alias=_env("SDXL_ALLOW_PRIVATE_URLS"))
+    fetch_connect_timeout_s: float = Field(10, gt=0, validation_alias=_env("SDXL_FETCH_CONNECT_TIMEOUT_S"))
+    fetch_total_timeout_s: float = Field(30, gt=0, validation_alias=_env("SDXL_FETCH_TOTAL_TIMEOUT_S"))
+    credits_per_image: int = Field(1, ge=0, validation_alias=_env("SDXL_CREDITS_PER_IMAGE"))
+    job_lost_s: float = Field(120, gt=0, validation_alias=_env("SDXL_JOB_LOST_S"))
+    webhook_secret: str | None = Field(None, validation_alias=_env("SDXL_WEBHOOK_SECRET"))
+    worker_models: str = Field("", validation_alias=_env("SDXL_WORKER_MODELS"))
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", validation_alias=_env("SDXL_DEVICE"))
+    max_resident_models: int = Field(2, ge=1, validation_alias=_env("SDXL_MAX_RESIDENT_MODELS"))
+    cache_dir: str = Field("~/.cache/sdxl-img2img", validation_alias=_env("SDXL_CACHE_DIR"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=_env("SDXL_LOG_LEVEL")
+    )
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def worker_model_list(self) -> list[str]:
+        return [m.strip() for m in self.worker_models.split(",") if m.strip()]
+
+    @property
+    def heartbeat_ttl_s(self) -> float:
+        """How long a worker's heartbeat lives: a dead worker is noticed well within job_lost_s."""
+        return max(1.0, min(15.0, self.job_lost_s / 4))
+
+
+class SettingsError(SystemExit):
+    """Raised at start when a setting is invalid; the message names the variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning a validation error into a one-line message naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            alias = Settings.model_fields[field].validation_alias if field in Settings.model_fields else None
+            name = alias.choices[0] if isinstance(alias, AliasChoices) else field
+            problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

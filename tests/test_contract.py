@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+
+from app.contract import JobSpec, Keys, Status
+from app.schedulers import SCHEDULER_NAMES
+
+
+def test_contract_imports_neither_torch_nor_fastapi():
+    code = (
+        "import sys, app.contract, app.schedulers, app.models_config, app.settings;"
+        "print(json.dumps([m for m in ('torch', 'fastapi', 'diffusers') if m in sys.modules]))"
+    )
+    out = subprocess.check_output([sys.executable, "-c", "import json;" + code], text=True)
+    assert json.loads(out) == []
+
+
+def test_status_terminal():
+    assert Status.COMPLETED.is_terminal() and Status.FAILED.is_terminal()
+    assert not Status.QUEUED.is_terminal() and not Status.PROCESSING.is_terminal()
+
+
+def test_jobspec_round_trip_and_seeds_wrap():
+    spec = JobSpec(
+        request_id="r1",
+        base_model="tiny",
+        scheduler="UniPC",
+        prompt="p",
+        negative_prompt="",
+        num_inference_steps=20,
+        guidance_scale=6.5,
+        strength=0.65,
+        samples=3,
+        seed=2**64 - 2,
+        output_format="png",
+        output_quality=95,
+        base64=False,
+        width=64,
+        height=64,
+        input_key="k",
+    )
+    data = json.loads(spec.to_json())
+    data["field_from_a_newer_version"] = 1
+    assert JobSpec.from_json(json.dumps(data)) == spec
+    assert spec.seeds() == [2**64 - 2, 2**64 - 1, 0]
+    assert spec.file_name(1) == "r1-1.png"
+
+
+def test_thirty_scheduler_names():
+    assert len(SCHEDULER_NAMES) == 30 == len(set(SCHEDULER_NAMES))
+
+
+def test_keys_are_prefixed():
+    keys = Keys("abc")
+    assert keys.request("x").startswith("abc:") and keys.queue_name("tiny") == "abc.tiny"

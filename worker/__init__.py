@@ -1,0 +1,1 @@
+"""sdxl-img2img: the GPU side (pipelines, schedulers, the RQ worker)."""
