@@ -147,7 +147,7 @@ def _insert(
             rpm=rpm,
             models=tuple(m.strip() for m in models) if models is not None else None,
             disabled=False,
-            created_at=round(time.time(), 3),
+            created_at=time.time(),  # full precision: keys made in one burst still list in order
         )
         fields: list[str] = [
             KeyField.ID,
