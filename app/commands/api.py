@@ -1,0 +1,37 @@
+"""`sdxl-img2img api [--host H] [--port P]`: the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("api", help="run the HTTP API")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.logging_setup import configure_logging
+    from app.main import create_app
+    from app.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(settings, "api")
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        # SIGTERM: stop accepting, let requests in flight (v1 waits included) finish for a while.
+        timeout_graceful_shutdown=30,
+        limit_concurrency=None,
+        backlog=4096,
+    )
+    return 0

@@ -1,0 +1,121 @@
+"""The request state machine, decided inside Redis (Lua) so API, workers and reapers never race.
+
+QUEUED -> PROCESSING -> COMPLETED | FAILED, plus cancel (QUEUED -> FAILED at once, PROCESSING flagged)
+and reap (PROCESSING with a dead worker -> QUEUED again once, then FAILED "worker lost").
+Torch- and web-free: the worker calls it with a sync client, the API with an async one; the script
+objects returned by `register_script` work for both.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from app.contract import CANCELLED, WORKER_LOST, Field, Keys, Status
+
+MAX_ATTEMPTS = 2  # a request whose worker died runs once more, then fails "worker lost"
+
+
+@cache
+def script_text(name: str) -> str:
+    return resources.files("app.lua").joinpath(f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    keys: Keys
+    result_ttl_s: int
+
+    def _script(self, client: Any, name: str) -> Any:
+        # register_script only hashes the text; EVALSHA falls back to EVAL once per connection.
+        return client.register_script(script_text(name))
+
+    def start(self, client: Any, request_id: str, worker_id: str) -> Any:
+        """Returns "OK" when this worker now holds the request, else the status that prevented it."""
+        return self._script(client, "start")(
+            keys=[self.keys.request(request_id), self.keys.processing],
+            args=[request_id, worker_id, time.time()],
+        )
+
+    def finish(
+        self,
+        client: Any,
+        request_id: str,
+        worker_id: str,
+        fields: dict[str, Any],
+        outputs: dict[str, bytes] | None = None,
+    ) -> Any:
+        """Ends the request with `fields` (status, error or result...) and stores outputs, atomically.
+
+        Returns 1, or 0 when this worker no longer holds the request (it was presumed lost)."""
+        outputs = outputs or {}
+        flat: list[Any] = []
+        for name, value in fields.items():
+            flat += [name, value]
+        return self._script(client, "finish")(
+            keys=[
+                self.keys.request(request_id),
+                self.keys.processing,
+                self.keys.done(request_id),
+                self.keys.input_image(request_id),
+                *[self.keys.output(request_id, name) for name in outputs],
+            ],
+            args=[request_id, worker_id, self.result_ttl_s, len(fields), *flat, *outputs.values()],
+        )
+
+    def cancel(self, client: Any, request_id: str, queue_name: str) -> Any:
+        """ "CANCELLED" (was queued: now FAILED, refund due), "REQUESTED" (running: stops at the next
+        step), "FINISHED" (already terminal) or "MISSING"."""
+        return self._script(client, "cancel")(
+            keys=[
+                self.keys.request(request_id),
+                f"rq:queue:{queue_name}",
+                self.keys.done(request_id),
+                self.keys.input_image(request_id),
+            ],
+            args=[request_id, time.time(), self.result_ttl_s, CANCELLED],
+        )
+
+    def reap(self, client: Any, request_id: str, worker_id: str, queue_name: str) -> Any:
+        """ "ALIVE", "GONE", "REQUEUED" or "FAILED" (worker lost: refund due)."""
+        return self._script(client, "reap")(
+            keys=[
+                self.keys.request(request_id),
+                self.keys.processing,
+                self.keys.worker(worker_id),
+                f"rq:queue:{queue_name}",
+                f"rq:job:{request_id}",
+                self.keys.done(request_id),
+                self.keys.input_image(request_id),
+            ],
+            args=[request_id, time.time(), self.result_ttl_s, MAX_ATTEMPTS, WORKER_LOST],
+        )
+
+
+def completed_fields(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        Field.STATUS: Status.COMPLETED.value,
+        Field.RESULT: json.dumps(result, separators=(",", ":")),
+        Field.FINISHED_AT: time.time(),
+    }
+
+
+def failed_fields(error: str, error_status: int) -> dict[str, Any]:
+    return {
+        Field.STATUS: Status.FAILED.value,
+        Field.ERROR: error,
+        Field.ERROR_STATUS: error_status,
+        Field.FINISHED_AT: time.time(),
+    }
+
+
+def decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
+    """Redis returns bytes; the request hash holds only text fields."""
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }

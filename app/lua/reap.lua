@@ -1,0 +1,23 @@
+-- A PROCESSING request whose worker's heartbeat is gone: run it once more (back to the front of
+-- its queue) or, past max attempts, end it FAILED "worker lost".
+-- KEYS: request hash, processing zset, worker heartbeat key, rq queue list, rq job hash, done list,
+-- input image key. ARGV: request id, now, ttl, max attempts, error text.
+if redis.call('EXISTS', KEYS[3]) == 1 then return 'ALIVE' end
+local status = redis.call('HGET', KEYS[1], 'status')
+redis.call('ZREM', KEYS[2], ARGV[1])
+if status ~= 'PROCESSING' then return 'GONE' end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+if attempts < tonumber(ARGV[4]) and redis.call('EXISTS', KEYS[5]) == 1
+   and redis.call('EXISTS', KEYS[7]) == 1 then
+  redis.call('HSET', KEYS[1], 'status', 'QUEUED', 'worker', '', 'step', 0, 'total', 0)
+  redis.call('HSET', KEYS[5], 'status', 'queued')
+  redis.call('LPUSH', KEYS[4], ARGV[1])
+  return 'REQUEUED'
+end
+redis.call('HSET', KEYS[1], 'status', 'FAILED', 'error', ARGV[5], 'error_status', 500,
+  'finished_at', ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('DEL', KEYS[7])
+redis.call('RPUSH', KEYS[6], 1)
+redis.call('EXPIRE', KEYS[6], tonumber(ARGV[3]))
+return 'FAILED'

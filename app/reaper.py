@@ -1,0 +1,48 @@
+"""Lost workers: a PROCESSING request whose worker's heartbeat has expired runs once more on another
+worker, or ends FAILED "worker lost" with its credits back (CONTRACT 6).
+
+Every worker runs a pass at each heartbeat, and so does the API (so that a request is not left
+PROCESSING when no worker at all is left). The decision itself is one Lua script, so two reapers
+never act twice on one request.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from app import admission, metrics
+from app.contract import Field, JobSpec, Keys, Status
+from app.lifecycle import Lifecycle
+
+log = logging.getLogger("sdxl.reaper")
+
+
+def reap_lost_requests(client: redis.Redis, keys: Keys, lifecycle: Lifecycle) -> dict[str, str]:
+    """One pass over the PROCESSING requests; returns {request_id: outcome} for those acted on."""
+    acted: dict[str, str] = {}
+    for raw_id in client.zrange(keys.processing, 0, -1):
+        request_id = raw_id.decode()
+        worker_id, spec_json = client.hmget(keys.request(request_id), [Field.WORKER, Field.SPEC])
+        base_model = JobSpec.from_json(spec_json).base_model if spec_json else ""
+        outcome = lifecycle.reap(client, request_id, (worker_id or b"").decode(), keys.queue_name(base_model))
+        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+        if outcome == "ALIVE":
+            continue
+        acted[request_id] = outcome
+        if outcome == "FAILED":
+            admission.refund_sync(client, keys, request_id)
+            with client.pipeline(transaction=False) as pipe:
+                metrics.record_job(
+                    pipe,
+                    keys,
+                    base_model=base_model,
+                    status=Status.FAILED.value,
+                    queue_time_s=None,
+                    inference_time_s=None,
+                )
+                pipe.execute()
+        if outcome in ("FAILED", "REQUEUED"):
+            log.warning("worker lost", extra={"request_id": request_id, "outcome": outcome})
+    return acted

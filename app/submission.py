@@ -1,0 +1,130 @@
+"""Submission: the path every v1 and v2 request takes from a validated body to a queued job.
+
+Round trips to Redis: authentication and rate limit (one Lua call, done by the route before the body
+is read), credit reservation and queue-full check (one Lua call), then the request record, the input
+image and the RQ job in one MULTI/EXEC pipeline.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from app import admission
+from app.accounts import KeyRecord
+from app.contract import JOB_FUNCTION, Field, JobSpec, Keys, Status
+from app.errors import Unavailable
+from app.images import PreparedImage, load_input_image, prepare_image
+from app.schema import GenerationParams
+from app.settings import Settings
+
+# A request that never starts still expires: its record and input image are not kept forever.
+PENDING_TTL_S = 24 * 3600
+# RQ's own per-job limit; generation is bounded by steps, this only catches a wedged worker.
+JOB_TIMEOUT_S = 3600
+
+
+@dataclass(frozen=True)
+class Submitted:
+    spec: JobSpec
+    key: KeyRecord
+    remaining_credits: int | None
+
+
+class Submitter:
+    def __init__(self, settings: Settings, model_names: list[str], aio: Any, sync: redis.Redis) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.redis_prefix)
+        self.model_names = model_names
+        self.aio = aio
+        self.sync = sync
+        # One Queue object per model: rq caches the server version on it (one INFO call, not one per job).
+        self._queues = {
+            name: Queue(self.keys.queue_name(name), connection=sync, serializer=JSONSerializer)
+            for name in model_names
+        }
+
+    async def prepare(self, params: GenerationParams) -> PreparedImage:
+        if isinstance(params.image, bytes):
+            return await anyio.to_thread.run_sync(prepare_image, params.image, self.settings)
+        return await load_input_image(params.image, self.settings)
+
+    async def submit(self, key: KeyRecord, params: GenerationParams, image: PreparedImage) -> Submitted:
+        request_id = str(uuid.uuid4())
+        seed = params.seed if params.seed >= 0 else secrets.randbelow(2**32)
+        cost = params.samples * self.settings.credits_per_image
+        spec = JobSpec(
+            request_id=request_id,
+            base_model=params.base_model,
+            scheduler=params.scheduler,
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            num_inference_steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale,
+            strength=params.strength,
+            samples=params.samples,
+            seed=seed,
+            output_format=params.output_format,
+            output_quality=params.output_quality,
+            base64=params.base64,
+            width=image.width,
+            height=image.height,
+            input_key=self.keys.input_image(request_id),
+            key_id=key.id,
+            cost=cost,
+            created_at=time.time(),
+        )
+        remaining = await admission.reserve(
+            self.aio,
+            self.keys,
+            self.settings,
+            key,
+            request_id=request_id,
+            cost=cost,
+            queue_keys=[self.keys.rq_queue_key(name) for name in self.model_names],
+        )
+        try:
+            await anyio.to_thread.run_sync(self._enqueue, spec, image.png, params.webhook_url)
+        except redis.RedisError:
+            try:
+                await admission.refund(self.aio, self.keys, request_id)
+            except redis.RedisError:
+                pass  # Redis is down: the reservation and the half-written record expire with it
+            raise Unavailable() from None
+        return Submitted(spec=spec, key=key, remaining_credits=remaining)
+
+    def _enqueue(self, spec: JobSpec, png: bytes, webhook_url: str | None) -> None:
+        request_key = self.keys.request(spec.request_id)
+        record = {
+            Field.STATUS: Status.QUEUED.value,
+            Field.SPEC: spec.to_json(),
+            Field.KEY_ID: spec.key_id,
+            Field.COST: spec.cost,
+            Field.CREATED_AT: spec.created_at,
+            Field.ATTEMPTS: 0,
+        }
+        if webhook_url:
+            record[Field.WEBHOOK] = webhook_url
+        with self.sync.pipeline(transaction=True) as pipe:
+            pipe.hset(request_key, mapping=record)
+            pipe.expire(request_key, PENDING_TTL_S)
+            pipe.set(spec.input_key, png, ex=PENDING_TTL_S)
+            self._queues[spec.base_model].enqueue_call(
+                JOB_FUNCTION,
+                args=(spec.request_id,),
+                job_id=spec.request_id,
+                timeout=JOB_TIMEOUT_S,
+                result_ttl=0,
+                failure_ttl=self.settings.result_ttl_s,
+                ttl=PENDING_TTL_S,
+                pipeline=pipe,
+            )
+            pipe.execute()

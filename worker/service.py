@@ -1,0 +1,139 @@
+"""`sdxl-img2img worker`: one long-lived, non-forking process per GPU.
+
+Pipelines stay resident (warmed up at start); RQ's SimpleWorker pops jobs from the queues of this
+worker's models and runs them in this process (a forking worker would throw the pipelines away and
+cannot re-initialise CUDA). A heartbeat thread announces the worker with a TTL key and reaps the
+requests of workers that died. SIGTERM is a warm stop: the current job finishes, then the process exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import redis
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+
+from app.contract import Keys
+from app.lifecycle import Lifecycle
+from app.models_config import ModelsConfig
+from app.reaper import reap_lost_requests
+from app.redis_clients import sync_client
+from app.settings import Settings
+from worker.tasks import WorkerContext, install_context
+
+log = logging.getLogger("sdxl.worker")
+
+# RQ's own idea of a live worker (its registry keys); ours is the heartbeat key below.
+RQ_WORKER_TTL_S = 35
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Heartbeat(threading.Thread):
+    """Writes this worker's heartbeat key every third of its TTL and reaps lost requests."""
+
+    def __init__(self, settings: Settings, context: WorkerContext, models: list[str], engine_info) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.settings = settings
+        self.context = context
+        self.models = models
+        self.engine_info = engine_info
+        self.client = sync_client(settings)
+        self.stopped = threading.Event()
+        self.started_at = time.time()
+
+    def beat(self) -> None:
+        value = {
+            "id": self.context.worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "models": self.models,
+            "started_at": self.started_at,
+            "current": self.context.current.get("request_id"),
+            **self.engine_info(),
+        }
+        ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
+        self.client.set(self.context.keys.worker(self.context.worker_id), json.dumps(value), px=ttl_ms)
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.heartbeat_ttl_s / 3):
+            try:
+                self.beat()
+                reap_lost_requests(self.client, self.context.keys, self.context.lifecycle)
+            except redis.RedisError as exc:
+                log.warning("heartbeat: Redis unavailable", extra={"error": str(exc)})
+
+    def stop(self) -> None:
+        self.stopped.set()
+        try:
+            self.client.delete(self.context.keys.worker(self.context.worker_id))
+        except redis.RedisError:
+            pass
+
+
+def run_worker(settings: Settings, models_config: ModelsConfig, model_names: list[str]) -> int:
+    from worker.engine import Engine
+    from worker.errors import ModelLoadError
+
+    keys = Keys(settings.redis_prefix)
+    started = time.monotonic()
+    engine = Engine(settings, models_config)
+    # Warm what fits in memory; the other models load on their first job (LRU).
+    for name in model_names[: settings.max_resident_models]:
+        t0 = time.monotonic()
+        try:
+            engine.warm_up([name])
+            log.info("model ready", extra={"model": name, "seconds": round(time.monotonic() - t0, 3)})
+        except ModelLoadError as exc:
+            # The worker stays up and serves its other models; this one's jobs fail with the reason.
+            log.error("model failed to load", extra={"model": name, "error": str(exc)})
+    log.info("worker warm", extra={"seconds": round(time.monotonic() - started, 3), "models": model_names})
+
+    context = WorkerContext(
+        worker_id=new_worker_id(),
+        keys=keys,
+        lifecycle=Lifecycle(keys, settings.result_ttl_s),
+        redis=sync_client(settings),
+        engine=engine,
+    )
+    install_context(context)
+    heartbeat = Heartbeat(settings, context, model_names, engine_info=getattr(engine, "info", dict))
+    heartbeat.beat()
+    heartbeat.start()
+
+    rq_connection = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=settings.redis_socket_timeout_s
+    )
+    queues = [
+        Queue(keys.queue_name(name), connection=rq_connection, serializer=JSONSerializer)
+        for name in model_names
+    ]
+    worker = SimpleWorker(
+        queues,
+        connection=rq_connection,
+        serializer=JSONSerializer,
+        name=context.worker_id,
+        worker_ttl=RQ_WORKER_TTL_S,
+    )
+    log.info("worker listening", extra={"worker": context.worker_id, "queues": [q.name for q in queues]})
+    try:
+        while True:
+            worker.work(with_scheduler=False, logging_level=settings.log_level)
+            if worker._stop_requested:
+                break
+            # RQ leaves its loop on a Redis timeout: wait for Redis to answer again and go on.
+            log.warning("worker loop ended; retrying in 1 s")
+            time.sleep(1)
+    finally:
+        heartbeat.stop()
+        install_context(None)
+    return 0
