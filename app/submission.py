@@ -7,6 +7,7 @@ image and the RQ job in one MULTI/EXEC pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 import uuid
@@ -94,10 +95,9 @@ class Submitter:
         try:
             await anyio.to_thread.run_sync(self._enqueue, spec, image.png, params.webhook_url)
         except redis.RedisError:
-            try:
+            # Redis is down: the reservation and the half-written record expire with it.
+            with contextlib.suppress(redis.RedisError):
                 await admission.refund(self.aio, self.keys, request_id)
-            except redis.RedisError:
-                pass  # Redis is down: the reservation and the half-written record expire with it
             raise Unavailable() from None
         return Submitted(spec=spec, key=key, remaining_credits=remaining)
 

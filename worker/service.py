@@ -8,6 +8,7 @@ requests of workers that died. SIGTERM is a warm stop: the current job finishes,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -74,10 +75,8 @@ class Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.client.delete(self.context.keys.worker(self.context.worker_id))
-        except redis.RedisError:
-            pass
 
 
 def run_worker(settings: Settings, models_config: ModelsConfig, model_names: list[str]) -> int:

@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--models",
         default=None,
-        help="comma-separated base models to serve (default: SDXL_WORKER_MODELS, else every model in models.yaml)",
+        help="comma-separated base models (default: SDXL_WORKER_MODELS, else all of models.yaml)",
     )
     parser.set_defaults(handler=run)
 
