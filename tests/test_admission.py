@@ -407,3 +407,25 @@ def test_refund_of_unlimited_or_unknown_is_a_no_op(
     unknown = new_request()
     assert with_redis(settings, lambda r: refund(r, keys, unknown)) is None
     assert not redis_client.exists(keys.request(unknown))  # an expired request is not recreated
+
+
+def test_works_with_decoding_clients(redis_client: redis.Redis, keys: Keys, settings: Settings) -> None:
+    """The API or worker may build their clients with decode_responses=True: same results."""
+    key, record = accounts.create_key(redis_client, keys, name="a", credits=5, rpm=5, models=["tiny"])
+    request_id = new_request()
+
+    async def body() -> tuple[Any, int | None]:
+        r = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        try:
+            got = await authenticate(r, keys, settings, key)
+            return got, await reserve(r, keys, settings, got, request_id=request_id, cost=2, queue_keys=[])
+        finally:
+            await r.aclose()
+
+    got, remaining = asyncio.run(body())
+    assert got == record and remaining == 3
+    decoding = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        assert refund_sync(decoding, keys, request_id) == 5
+    finally:
+        decoding.close()
