@@ -1,0 +1,132 @@
+"""API benchmarks (run by hand: `.venv/bin/python bench/bench_api.py`). Prints figures, asserts nothing.
+
+- v1 overhead: end-to-end time of a `tiny` v1 request minus the worker's inference time (median of 50);
+- v2 submit latency p50/p99 with 32 concurrent clients, accounting on and with SDXL_AUTH=disabled;
+- beside them, a bare `rq` enqueue measured in the same run (the floor of any queue-backed submit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+from PIL import Image
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.conftest import REPO_ROOT
+from tests.stack import make_stack
+
+SLUG = "sdxl-img2img"
+CONCURRENCY = 32
+SUBMITS = 640
+
+
+def image_b64() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 96), "teal").save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:.2f} ms"
+
+
+def v1_overhead(base_url: str, headers: dict[str, str], body: dict) -> tuple[float, float]:
+    overheads, totals = [], []
+    with httpx.Client(base_url=base_url, headers=headers, timeout=120) as http:
+        http.post(f"/v1/{SLUG}", json=body)  # warm
+        for _ in range(50):
+            started = time.perf_counter()
+            response = http.post(f"/v1/{SLUG}", json=body)
+            total = time.perf_counter() - started
+            assert response.status_code == 200, response.text
+            totals.append(total)
+            overheads.append(total - float(response.headers["x-generation-time"]))
+    return statistics.median(overheads), statistics.median(totals)
+
+
+async def v2_submits(base_url: str, headers: dict[str, str], body: dict) -> list[float]:
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=CONCURRENCY)
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60, limits=limits) as http:
+        await http.post(f"/v2/{SLUG}", json=body)
+
+        async def client(n: int) -> None:
+            for _ in range(n):
+                started = time.perf_counter()
+                response = await http.post(f"/v2/{SLUG}", json=body)
+                latencies.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text
+
+        await asyncio.gather(*(client(SUBMITS // CONCURRENCY) for _ in range(CONCURRENCY)))
+    return latencies
+
+
+def bare_rq(stack) -> list[float]:
+    queue = Queue(f"{stack.prefix}.bare", connection=stack.redis(), serializer=JSONSerializer)
+    latencies = []
+    for _ in range(SUBMITS):
+        started = time.perf_counter()
+        queue.enqueue_call("worker.tasks.run_request", args=("x",), result_ttl=0)
+        latencies.append(time.perf_counter() - started)
+    queue.empty()
+    return latencies
+
+
+def main() -> None:
+    models = yaml.safe_load((REPO_ROOT / "models.yaml").read_text())
+    models["models"]["idle"] = {"source": "builtin:tiny"}  # never served: submissions only queue
+    models_file = Path("/tmp/bench-models.yaml")
+    models_file.write_text(yaml.safe_dump(models))
+    image = image_b64()
+    body = {
+        "image": image,
+        "prompt": "a lighthouse",
+        "base_model": "tiny",
+        "num_inference_steps": 20,
+        "strength": 0.5,
+    }
+    queued_body = {**body, "base_model": "idle"}
+
+    results = {}
+    for auth in ("enabled", "disabled"):
+        stack = make_stack(SDXL_MODELS_FILE=str(models_file), SDXL_AUTH=auth, SDXL_MAX_QUEUE="100000")
+        try:
+            stack.start_api()
+            headers = {"x-api-key": stack.create_key(name="bench")} if auth == "enabled" else {}
+            if auth == "enabled":
+                stack.start_worker()
+                overhead, total = v1_overhead(stack.base_url, headers, body)
+                print(
+                    f"v1 tiny request: median end-to-end {ms(total)}, beyond inference {ms(overhead)}"
+                )
+            latencies = asyncio.run(v2_submits(stack.base_url, headers, queued_body))
+            bare = bare_rq(stack)
+            results[auth] = latencies
+            print(
+                f"v2 submit, auth {auth}, {CONCURRENCY} clients x {SUBMITS // CONCURRENCY}: "
+                f"p50 {ms(pct(latencies, 0.5))}, p99 {ms(pct(latencies, 0.99))}; "
+                f"bare rq enqueue (1 client): p50 {ms(pct(bare, 0.5))}, p99 {ms(pct(bare, 0.99))}"
+            )
+        finally:
+            stack.stop()
+    ratio = pct(results["enabled"], 0.5) / pct(results["disabled"], 0.5)
+    print(f"accounting on / off, p50 ratio: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

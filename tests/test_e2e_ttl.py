@@ -1,0 +1,49 @@
+"""Results and outputs are gone after SDXL_RESULT_TTL_S (CONTRACT 5); v1 gives 504 past
+SDXL_SYNC_TIMEOUT_S and the request is cancelled."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.stack import make_stack
+from tests.test_e2e_api import FAST, IMAGE, SLUG
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def stack():
+    stack = make_stack(SDXL_RESULT_TTL_S="2", SDXL_SYNC_TIMEOUT_S="2", SDXL_AUTH="disabled")
+    stack.start_api()
+    yield stack
+    stack.stop()
+
+
+def test_results_and_outputs_expire(stack):
+    stack.start_worker()
+    with httpx.Client(base_url=stack.base_url, timeout=60) as http:
+        response = http.post(f"/v1/{SLUG}", json={"image": IMAGE, "prompt": "p", **FAST})
+        assert response.status_code == 200
+        request_id = response.headers["x-request-id"]
+        result = http.get(f"/v2/requests/{request_id}").json()
+        assert http.get(result["output"]).status_code == 200
+        time.sleep(3)
+        assert http.get(f"/v2/requests/{request_id}/status").status_code == 404
+        assert http.get(f"/v2/requests/{request_id}").status_code == 404
+        assert http.get(result["output"]).status_code == 404
+    leftovers = [k for k in stack.redis().scan_iter(match=f"{stack.prefix}:*") if b":worker:" not in k]
+    assert leftovers == [] or all(b"metrics" in k or b"key" in k for k in leftovers)
+
+
+def test_sync_timeout_is_504_and_cancels(stack):
+    # No worker: the request waits QUEUED until the 2 s deadline.
+    with httpx.Client(base_url=stack.base_url, timeout=60) as http:
+        started = time.monotonic()
+        response = http.post(f"/v1/{SLUG}", json={"image": IMAGE, "prompt": "p", **FAST})
+        assert response.status_code == 504 and "error" in response.json()
+        assert 2 <= time.monotonic() - started < 5
+    queue = stack.redis().lrange(stack.keys.rq_queue_key("tiny"), 0, -1)
+    assert queue == []
