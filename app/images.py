@@ -27,11 +27,22 @@ from app.fetch import AddressPolicy, fetch_image_bytes
 from app.settings import Settings
 
 MIN_SIDE = 64
-# Pillow plugin names we decode. MPO is what Pillow calls the JPEG files most phones write.
-ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# The Pillow plugins allowed to parse the data (no other parser ever sees it). The JPEG plugin
+# also opens MPO, the multi-picture JPEG that many phones write; its first picture is used.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF"
 NOT_BASE64 = "image is not a valid URL, data URL or base64"
 
+# Signatures of the accepted formats: data that starts like one but does not open is damaged.
+_ACCEPTED_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"WEBP", 8, "WebP"),
+    (b"GIF8", 0, "GIF"),
+    (b"BM", 0, "BMP"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+)
 # A few formats people send that Pillow cannot or must not decode here, named in the refusal.
 _KNOWN_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"%PDF", 0, "PDF"),
@@ -185,6 +196,7 @@ async def load_input_image(
 def _pixel_limit(max_pixels: int) -> Iterator[None]:
     """Make Pillow's own bomb check refuse anything above `max_pixels` while the header is read."""
     with _PIXEL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data" etc.: refused or ignored
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = max_pixels
@@ -217,7 +229,7 @@ def _open_checked(data: bytes, settings: Settings) -> ImageFile.ImageFile:
     except Exception as exc:  # Pillow's plugins raise a zoo of types on a damaged header
         if isinstance(exc, MemoryError):
             raise
-        raise InvalidInput(f"image is corrupt: {_short(exc)}") from None
+        raise InvalidInput(f"image data is truncated or corrupt: {_short(exc)}") from None
 
     width, height = im.size
     if width * height > settings.max_input_pixels:
@@ -229,6 +241,9 @@ def _open_checked(data: bytes, settings: Settings) -> ImageFile.ImageFile:
 
 def _not_an_image_message(data: bytes) -> str:
     head = data[:512]
+    for signature, offset, name in _ACCEPTED_SIGNATURES:
+        if head[offset:].startswith(signature):
+            return f"image data is truncated or corrupt (a damaged {name} file)"
     for signature, offset, name in _KNOWN_SIGNATURES:
         found = signature in head.lower() if offset < 0 else head[offset:].startswith(signature)
         if found:
