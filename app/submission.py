@@ -114,6 +114,7 @@ class Submitter:
         if webhook_url:
             record[Field.WEBHOOK] = webhook_url
         with self.sync.pipeline(transaction=True) as pipe:
+            pipe.multi()  # explicit: rq then adds its commands to this same MULTI/EXEC
             pipe.hset(request_key, mapping=record)
             pipe.expire(request_key, PENDING_TTL_S)
             pipe.set(spec.input_key, png, ex=PENDING_TTL_S)
