@@ -90,7 +90,7 @@ return out
 """)
 
 # KEYS[1] request hash, KEYS[2] id index, KEYS[3..] queue lists;
-# ARGV: key id, cost, max queue, key-hash prefix.
+# ARGV: key id, cost, max queue, key-hash prefix, TTL of the request hash (0: none).
 # Returns {0, queued} queue full, {1} disabled, {2, balance} short, {3, balance|nil} ok, {4} twice.
 _RESERVE = _lua("""
 local queued = 0
@@ -111,6 +111,7 @@ if h then
   end
 end
 redis.call('HSET', KEYS[1], '$KEY_ID', ARGV[1], '$COST', cost)
+if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
 return {3, balance}
 """)
 
@@ -218,15 +219,17 @@ async def reserve(
     request_id: str,
     cost: int,
     queue_keys: list[str],
+    pending_ttl_s: int | None = None,
 ) -> int | None:
     """Check the queue is not full, then take `cost` from the key's balance, in one atomic script.
 
-    Records key_id and cost in the request hash for `refund`. Returns the remaining balance, None
-    for an unlimited key.
+    Records key_id and cost in the request hash for `refund`, with `pending_ttl_s` as its TTL when
+    given (so that a process dying before the enqueue leaves nothing behind for ever). Returns the
+    remaining balance, None for an unlimited key.
     """
     reply = await _script(r, _RESERVE)(
         keys=[keys.request(request_id), keys.api_key_index, *queue_keys],
-        args=[record.id, cost, settings.max_queue, keys.api_key("")],
+        args=[record.id, cost, settings.max_queue, keys.api_key(""), pending_ttl_s or 0],
     )
     return _reserved(reply, cost)
 

@@ -212,13 +212,24 @@ def test_reserve_takes_the_cost_and_records_it(
     stored = redis_client.hgetall(keys.request(request_id))
     assert stored[Field.KEY_ID.encode()] == record.id.encode()
     assert stored[Field.COST.encode()] == b"2"
+    assert redis_client.ttl(keys.request(request_id)) == -1  # no TTL unless asked for
+    other = new_request()
+    with_redis(
+        settings,
+        lambda r: reserve(
+            r, keys, settings, record, request_id=other, cost=1, queue_keys=[], pending_ttl_s=600
+        ),
+    )
+    assert 590 <= redis_client.ttl(keys.request(other)) <= 600
     # Reserving twice for one request would charge twice but refund once: refused.
     with pytest.raises(Conflict):
         with_redis(
             settings,
             lambda r: reserve(r, keys, settings, record, request_id=request_id, cost=2, queue_keys=[]),
         )
-    assert _balance(redis_client, keys, record.id) == 3
+    assert (
+        _balance(redis_client, keys, record.id) == 2
+    )  # 5 - 2 - 1: the refused second reservation took nothing
 
 
 def test_reserve_short_balance_says_needed_and_available(
