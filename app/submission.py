@@ -91,6 +91,7 @@ class Submitter:
             request_id=request_id,
             cost=cost,
             queue_keys=[self.keys.rq_queue_key(name) for name in self.model_names],
+            pending_ttl_s=PENDING_TTL_S,
         )
         try:
             await anyio.to_thread.run_sync(self._enqueue, spec, image.png, params.webhook_url)

@@ -107,13 +107,13 @@ def main() -> None:
         stack = make_stack(SDXL_MODELS_FILE=str(models_file), SDXL_AUTH=auth, SDXL_MAX_QUEUE="100000")
         try:
             stack.start_api()
-            headers = {"x-api-key": stack.create_key(name="bench")} if auth == "enabled" else {}
+            # A balance and a rate limit, so that the credit and rate-log paths run too.
+            key = stack.create_key(name="bench", credits=10**12, rpm=10**9) if auth == "enabled" else None
+            headers = {"x-api-key": key} if key else {}
             if auth == "enabled":
                 stack.start_worker()
                 overhead, total = v1_overhead(stack.base_url, headers, body)
-                print(
-                    f"v1 tiny request: median end-to-end {ms(total)}, beyond inference {ms(overhead)}"
-                )
+                print(f"v1 tiny request: median end-to-end {ms(total)}, beyond inference {ms(overhead)}")
             latencies = asyncio.run(v2_submits(stack.base_url, headers, queued_body))
             bare = bare_rq(stack)
             results[auth] = latencies
