@@ -21,11 +21,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin sdxl
 
 WORKDIR /opt/sdxl-img2img
-# Dependencies first, from the project metadata alone, so that a code change does not reinstall them.
+# Dependencies first, from the project metadata alone (empty stand-in packages), so that a code
+# change does not reinstall them. The stand-ins and their build/ leftovers are removed: setuptools
+# would otherwise keep the stale empty files, which are newer than the copied sources.
 COPY pyproject.toml README.md ./
 RUN mkdir app worker && touch app/__init__.py worker/__init__.py \
     && pip install --no-cache-dir . \
-    && pip uninstall --yes sdxl-img2img
+    && pip uninstall --yes sdxl-img2img \
+    && rm -rf app worker build ./*.egg-info
 COPY app ./app
 COPY worker ./worker
 RUN pip install --no-cache-dir --no-deps .
@@ -61,7 +64,8 @@ WORKDIR /opt/sdxl-img2img
 COPY pyproject.toml README.md ./
 RUN mkdir app worker && touch app/__init__.py worker/__init__.py \
     && pip install --no-cache-dir "./[worker]" \
-    && pip uninstall --yes sdxl-img2img
+    && pip uninstall --yes sdxl-img2img \
+    && rm -rf app worker build ./*.egg-info
 COPY app ./app
 COPY worker ./worker
 RUN pip install --no-cache-dir --no-deps .
