@@ -98,7 +98,7 @@ def parse_inet_aton(text: str) -> ipaddress.IPv4Address | None:
             return None
         try:
             if lowered.startswith("0x"):
-                value = int(lowered[2:], 16) if len(lowered) > 2 else 0
+                value = int(lowered[2:], 16)  # "0x" alone is refused, as by glibc
             elif len(lowered) > 1 and lowered.startswith("0"):
                 value = int(lowered[1:], 8)
             elif lowered.isdigit():
