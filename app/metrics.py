@@ -32,6 +32,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
+from starlette.routing import Match
 
 from app.contract import Keys
 
@@ -141,9 +142,20 @@ def http_metrics(registry: CollectorRegistry) -> HttpMetrics:
 def _route_template(scope: dict[str, Any]) -> str:
     # The router stores the matched route in the scope (also for a 405, a partial match). Its path is
     # the template (`/v2/requests/{request_id}`): raw paths would make one series per request id.
-    route = scope.get("route")
+    route = scope.get("route") or _match_route(scope)
     path = getattr(route, "path", None)
     return path if isinstance(path, str) and path else UNMATCHED_ROUTE
+
+
+def _match_route(scope: dict[str, Any]) -> Any:
+    """The route a request was meant for when a middleware answered before the router ran (a 413
+    from the body-size limit is still counted under `/v1/sdxl-img2img`, not as unmatched)."""
+    router = getattr(scope.get("app"), "router", None)
+    for route in getattr(router, "routes", ()):
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            return route
+    return None
 
 
 class RequestMetricsMiddleware:

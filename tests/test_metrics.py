@@ -22,9 +22,24 @@ from tests.conftest import REDIS_URL
 MODELS = ["tiny", "juggernaut"]
 
 
+class RejectBeforeRouting:
+    """Answers 413 before the router runs, as the app's body-size limit does."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and (b"x-too-large", b"1") in scope["headers"]:
+            await send({"type": "http.response.start", "status": 413, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self.app(scope, receive, send)
+
+
 def make_app(redis_url: str, keys: Keys) -> FastAPI:
     app = FastAPI()
     registry = CollectorRegistry()
+    app.add_middleware(RejectBeforeRouting)
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
     clients: list[redis.asyncio.Redis] = []
 
@@ -104,6 +119,7 @@ def test_scrape_reports_every_metric(redis_prefix: str, redis_client: redis.Redi
         assert client.post("/v2/requests/abc/status").status_code == 405
         assert client.get("/no/such/path/123").status_code == 404
         assert client.get("/boom").status_code == 500
+        assert client.get("/v2/requests/big/status", headers={"x-too-large": "1"}).status_code == 413
         m = scrape(client)
 
     requests = m["sdxl_http_requests"]
@@ -118,12 +134,13 @@ def test_scrape_reports_every_metric(redis_prefix: str, redis_client: redis.Redi
     assert req("POST", status_route, "405") == 1
     assert req("GET", "unmatched", "404") == 1
     assert req("GET", "/boom", "500") == 1
+    assert req("GET", status_route, "413") == 1  # answered before routing, still under its route
     # Never a raw path as a label value.
     assert not any("abc" in str(labels) or "123" in str(labels) for _, labels in requests)
 
     duration = m["sdxl_http_request_duration_seconds"]
     count_key = ("sdxl_http_request_duration_seconds_count", (("method", "GET"), ("route", status_route)))
-    assert duration[count_key] == 3
+    assert duration[count_key] == 4
 
     assert m["sdxl_redis_up"][("sdxl_redis_up", ())] == 1
     depth = m["sdxl_queue_depth"]
