@@ -105,12 +105,13 @@ def test_compose_file_resolves_with_gpu_worker_healthchecks_and_volumes(tmp_path
 def test_env_file_reaches_the_containers_but_not_their_redis_url(tmp_path: Path) -> None:
     # Without .env the stack still resolves (above); with one, its settings reach api and workers,
     # while the stack's Redis wins over a REDIS_URL meant for local runs.
-    dotenv = "SDXL_LOG_LEVEL=DEBUG\nREDIS_URL=redis://localhost:6379/0\nSDXL_PORT=9000\n"
+    dotenv = "SDXL_LOG_LEVEL=DEBUG\nREDIS_URL=redis://localhost:6379/0\nSDXL_PORT=9000\nSDXL_MACHINE=box2\n"
     services = compose_config(tmp_path, "docker-compose.yml", dotenv=dotenv)["services"]
     for name in ("api", "worker"):
         assert services[name]["environment"]["SDXL_LOG_LEVEL"] == "DEBUG", name
         assert services[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0", name
     assert [(p["target"], p["published"]) for p in services["api"]["ports"]] == [(8000, "9000")]
+    assert services["worker"]["hostname"] == "box2-gpu0"
 
 
 def test_gpus_override_pins_one_worker_per_gpu(tmp_path: Path) -> None:
@@ -129,7 +130,7 @@ def test_gpus_override_pins_one_worker_per_gpu(tmp_path: Path) -> None:
         assert ("models", "/models") in {(v["source"], v["target"]) for v in service["volumes"]}
         assert healthcheck_script(service) == healthcheck_script(workers["worker"])
     assert sorted(device_ids) == ["0", "1", "2", "3"]
-    assert len({s["hostname"] for s in workers.values()}) == 4
+    assert sorted(s["hostname"] for s in workers.values()) == [f"sdxl-gpu{i}" for i in range(4)]
 
 
 def test_dockerfile_is_clean_under_hadolint() -> None:
