@@ -177,7 +177,11 @@ async def _follow(client: httpx.AsyncClient, url: str, settings: Settings, polic
                     raise InvalidInput(f"image URL answered HTTP {response.status_code} without a Location")
                 if hop == MAX_REDIRECTS:
                     raise InvalidInput(f"image URL redirected more than {MAX_REDIRECTS} times")
-                current = _parse_url(str(current.join(location)))
+                try:
+                    joined = str(current.join(location))
+                except (httpx.InvalidURL, ValueError):
+                    raise InvalidInput("image URL redirected to an invalid URL") from None
+                current = _parse_url(joined)
                 continue
             if not 200 <= response.status_code < 300:
                 raise InvalidInput(f"image URL answered HTTP {response.status_code}, not 2xx")
@@ -194,8 +198,10 @@ def _parse_url(url: str) -> httpx.URL:
         parsed = _parse_legacy_ip_url(url)
     if parsed.scheme not in _DEFAULT_PORTS:
         raise InvalidInput(f"image URL must use http or https, not {parsed.scheme or 'no scheme'}")
-    if not parsed.host:
+    if not parsed.raw_host:  # raw_host: the ASCII form; `host` would decode IDNA and may raise
         raise InvalidInput("image URL has no host")
+    if parsed.port is not None and not 0 < parsed.port <= 65535:
+        raise InvalidInput(f"image URL port {parsed.port} is not a valid port")
     return parsed
 
 

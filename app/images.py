@@ -186,6 +186,11 @@ async def load_input_image(
         data = await fetch_image_bytes(text, settings, address_allowed=address_allowed)
     else:
         data = decode_base64_image(text, settings)
+    return await load_input_bytes(data, settings)
+
+
+async def load_input_bytes(data: bytes, settings: Settings) -> PreparedImage:
+    """An uploaded file's bytes (multipart `image`) -> the prepared image, decoded in a thread."""
     return await anyio.to_thread.run_sync(prepare_image, data, settings)
 
 

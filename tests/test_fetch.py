@@ -224,6 +224,9 @@ def test_userinfo_does_not_hide_the_real_host(server):
         ("http:///a.png", "no host"),
         ("http://[::1/a.png", "not a valid URL"),
         ("http://host.invalid/a.png", "could not be resolved"),
+        ("http://xn--/a.png", "could not be resolved"),  # a malformed IDNA label
+        ("http://127.0.0.1:99999/a.png", "not a valid port"),
+        ("http://" + "a" * 300 + ".com/", "could not be resolved"),
     ],
 )
 def test_bad_urls_are_refused(url, expected):
@@ -273,6 +276,14 @@ def test_redirect_to_another_scheme_is_refused(server):
     url = server.route("/to-file", redirect("file:///etc/passwd"))
     message, _ = refusal(url, PRIVATE_OK)
     assert "must use http or https" in message
+
+
+@pytest.mark.parametrize("location", ["http://[::1/x", "http://\x00/", "http://127.0.0.1:99999/"])
+def test_redirect_to_an_invalid_url_is_refused(location, server):
+    url = server.route("/garbage", redirect(location))
+    message, _ = refusal(url, PRIVATE_OK)
+    # Refused by us (port) or already by httpx's HTTP parser (bad Location header): a 400 either way.
+    assert message.startswith("image URL") and ("valid" in message or "could not be fetched" in message)
 
 
 def test_redirect_without_location_is_refused(server):

@@ -13,7 +13,14 @@ import pytest
 from PIL import Image
 
 from app.errors import InvalidInput
-from app.images import NOT_BASE64, decode_base64_image, load_input_image, prepare_image, working_size
+from app.images import (
+    NOT_BASE64,
+    decode_base64_image,
+    load_input_bytes,
+    load_input_image,
+    prepare_image,
+    working_size,
+)
 from app.settings import Settings
 from tests import image_factory as f
 from tests.http_fixtures import LocalHTTPServer, serve_bytes
@@ -422,3 +429,10 @@ def test_load_input_image_refusals(source, expected, settings):
     with pytest.raises(InvalidInput) as info:
         anyio.run(load_input_image, source, settings)
     assert expected in info.value.message
+
+
+def test_load_input_bytes_for_uploaded_files(settings):
+    prepared = anyio.run(load_input_bytes, f.bmp(128, 96), settings)
+    assert (prepared.width, prepared.height) == (128, 96)
+    with pytest.raises(InvalidInput, match="not an image"):
+        anyio.run(load_input_bytes, f.text(), settings)
