@@ -15,14 +15,22 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def stack():
-    stack = make_stack(SDXL_RESULT_TTL_S="2", SDXL_SYNC_TIMEOUT_S="2", SDXL_AUTH="disabled")
-    stack.start_api()
-    yield stack
-    stack.stop()
+def start_stack():
+    stacks = []
+
+    def start(**env: str):
+        stack = make_stack(SDXL_AUTH="disabled", **env)
+        stacks.append(stack)
+        stack.start_api()
+        return stack
+
+    yield start
+    for stack in stacks:
+        stack.stop()
 
 
-def test_results_and_outputs_expire(stack):
+def test_results_and_outputs_expire(start_stack):
+    stack = start_stack(SDXL_RESULT_TTL_S="2")
     stack.start_worker()
     with httpx.Client(base_url=stack.base_url, timeout=60) as http:
         response = http.post(f"/v1/{SLUG}", json={"image": IMAGE, "prompt": "p", **FAST})
@@ -38,7 +46,8 @@ def test_results_and_outputs_expire(stack):
     assert leftovers == [] or all(b"metrics" in k or b"key" in k for k in leftovers)
 
 
-def test_sync_timeout_is_504_and_cancels(stack):
+def test_sync_timeout_is_504_and_cancels(start_stack):
+    stack = start_stack(SDXL_SYNC_TIMEOUT_S="2")
     # No worker: the request waits QUEUED until the 2 s deadline.
     with httpx.Client(base_url=stack.base_url, timeout=60) as http:
         started = time.monotonic()
