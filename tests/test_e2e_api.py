@@ -284,3 +284,28 @@ def test_progress_while_processing_and_cancel_of_running_request(http):
     final = wait_status(http, request_id, {"FAILED", "COMPLETED"}, timeout=10)
     assert final["status"] == "FAILED" and final["error"] == "cancelled"
     assert time.monotonic() - started < 5
+
+
+def test_metrics_after_a_job(client, stack):
+    client.run(SLUG, image=IMAGE, prompt="metrics", seed=1, **FAST)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{stack.base_url}/metrics", timeout=10).text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("sdxl_jobs_total", model="tiny", status="COMPLETED") >= 1
+    assert value("sdxl_workers_alive") == 1
+    assert value("sdxl_redis_up") == 1
+    assert value("sdxl_job_inference_time_seconds_count", model="tiny") >= 1
+    assert value("sdxl_job_queue_time_seconds_count", model="tiny") >= 1
+    assert ("sdxl_queue_depth", (("model", "idle"),)) in samples
+    routes = {dict(labels).get("route") for name, labels in samples if name == "sdxl_http_requests_total"}
+    assert {"/v2/{slug}", "/v2/requests/{request_id}/status"} <= routes
+    assert all("-" not in (route or "") or route == "unmatched" for route in routes)  # templates, not raw ids
