@@ -23,7 +23,7 @@ from app import admission
 from app.accounts import KeyRecord
 from app.contract import JOB_FUNCTION, Field, JobSpec, Keys, Status
 from app.errors import Unavailable
-from app.images import PreparedImage, load_input_image, prepare_image
+from app.images import PreparedImage, load_input_bytes, load_input_image
 from app.schema import GenerationParams
 from app.settings import Settings
 
@@ -55,7 +55,7 @@ class Submitter:
 
     async def prepare(self, params: GenerationParams) -> PreparedImage:
         if isinstance(params.image, bytes):
-            return await anyio.to_thread.run_sync(prepare_image, params.image, self.settings)
+            return await load_input_bytes(params.image, self.settings)
         return await load_input_image(params.image, self.settings)
 
     async def submit(self, key: KeyRecord, params: GenerationParams, image: PreparedImage) -> Submitted:
