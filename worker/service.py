@@ -127,7 +127,8 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
     try:
         while True:
             worker.work(with_scheduler=False, logging_level=settings.log_level)
-            if worker._stop_requested:
+            # rq notes a SIGTERM/SIGINT as a shutdown date (an idle worker leaves without _stop_requested).
+            if worker._stop_requested or worker._shutdown_requested_date is not None:
                 break
             # RQ leaves its loop on a Redis timeout: wait for Redis to answer again and go on.
             log.warning("worker loop ended; retrying in 1 s")
