@@ -79,6 +79,16 @@ class Heartbeat(threading.Thread):
             self.client.delete(self.context.keys.worker(self.context.worker_id))
 
 
+def device_info(engine) -> dict:
+    """What the heartbeat tells about the device: resident models and, on a GPU, its memory in use."""
+    import torch
+
+    info = dict(engine.info())
+    on_cuda = torch.cuda.is_available() and str(info.get("device", "")).startswith("cuda")
+    info["gpu_memory_bytes"] = torch.cuda.memory_allocated() if on_cuda else None
+    return info
+
+
 def run_worker(settings: Settings, models_config: ModelsConfig, model_names: list[str]) -> int:
     from worker.engine import Engine
     from worker.errors import ModelLoadError
@@ -105,7 +115,7 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
         engine=engine,
     )
     install_context(context)
-    heartbeat = Heartbeat(settings, context, model_names, engine_info=getattr(engine, "info", dict))
+    heartbeat = Heartbeat(settings, context, model_names, engine_info=lambda: device_info(engine))
     heartbeat.beat()
     heartbeat.start()
 
