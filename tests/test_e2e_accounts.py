@@ -119,3 +119,16 @@ def test_another_keys_request_is_404_everywhere(stack):
     with httpx.Client(base_url=stack.base_url, headers={"x-api-key": owner}) as http:
         assert http.get(f"/v2/requests/{request_id}/status").json()["status"] == "QUEUED"
         assert http.delete(f"/v2/requests/{request_id}").status_code == 202
+
+
+def test_static_keys_from_settings_are_unlimited():
+    static = make_stack(SDXL_API_KEYS="sk-static-one, sk-static-two")
+    try:
+        static.start_api()
+        static.wait_for(lambda: len(accounts.list_keys(static.redis(), static.keys)) == 2, "the static keys")
+        for key in ("sk-static-one", "sk-static-two"):
+            response = post(static, {"x-api-key": key})
+            assert response.status_code == 200 and "x-remaining-credits" not in response.headers
+        assert post(static, {"x-api-key": "sk-static-three"}).status_code == 401
+    finally:
+        static.stop()
