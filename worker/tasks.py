@@ -77,8 +77,9 @@ def _generate(ctx: WorkerContext, spec: JobSpec, image_bytes: bytes) -> str:
     from worker.engine import GenerationRequest
     from worker.errors import JobCancelled, JobInputError, ModelLoadError
 
-    cancel_seen = False
     request_key = ctx.keys.request(spec.request_id)
+    # Read once here, then refreshed by each step's progress write: one round trip per step.
+    cancel_seen = bool(ctx.redis.hexists(request_key, Field.CANCEL))
 
     def on_step(step: int, total: int) -> None:
         nonlocal cancel_seen
@@ -90,7 +91,7 @@ def _generate(ctx: WorkerContext, spec: JobSpec, image_bytes: bytes) -> str:
         cancel_seen = cancel is not None
 
     def should_cancel() -> bool:
-        return cancel_seen or ctx.redis.hexists(request_key, Field.CANCEL)
+        return cancel_seen
 
     image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
     try:
