@@ -136,5 +136,26 @@ def make_stack(**settings_env: str) -> Stack:
     return Stack(prefix=prefix, env=env, port=free_port())
 
 
+def models_file_with_extras(directory: Path) -> Path:
+    """models.yaml plus `idle` (builtin tiny, served by no worker: its requests wait QUEUED) and
+    `broken` (a source that cannot load: its requests FAIL with the reason)."""
+    import yaml
+
+    models = yaml.safe_load((REPO_ROOT / "models.yaml").read_text())
+    models["models"]["idle"] = {"source": "builtin:tiny"}
+    models["models"]["broken"] = {"source": str(directory / "no-such-model")}
+    path = directory / "models.yaml"
+    path.write_text(yaml.safe_dump(models))
+    return path
+
+
+def start_full_stack(directory: Path, **settings_env: str) -> Stack:
+    """API plus one worker serving `tiny` and `broken`, on models_file_with_extras."""
+    stack = make_stack(SDXL_MODELS_FILE=str(models_file_with_extras(directory)), **settings_env)
+    stack.start_api()
+    stack.start_worker(models="tiny,broken")
+    return stack
+
+
 def sample_image_path() -> Path:
     return REPO_ROOT / "app" / "assets" / "sample.jpg"

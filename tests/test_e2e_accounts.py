@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import yaml
 
 from app import accounts
-from tests.conftest import REPO_ROOT
-from tests.stack import make_stack
+from tests.stack import make_stack, start_full_stack
 from tests.test_e2e_api import FAST, IMAGE, SLUG, wait_status
 
 pytestmark = pytest.mark.e2e
@@ -17,14 +15,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    models = yaml.safe_load((REPO_ROOT / "models.yaml").read_text())
-    models["models"]["idle"] = {"source": "builtin:tiny"}
-    models["models"]["broken"] = {"source": str(tmp_path_factory.mktemp("nothing") / "no-such-model")}
-    models_file = tmp_path_factory.mktemp("cfg") / "models.yaml"
-    models_file.write_text(yaml.safe_dump(models))
-    stack = make_stack(SDXL_MODELS_FILE=str(models_file))
-    stack.start_api()
-    stack.start_worker(models="tiny,broken")
+    stack = start_full_stack(tmp_path_factory.mktemp("stack"))
     yield stack
     stack.stop()
 

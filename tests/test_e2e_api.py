@@ -9,14 +9,12 @@ import time
 
 import httpx
 import pytest
-import yaml
 from PIL import Image
 from segmind import SegmindClient
 from segmind.exceptions import SegmindError
 from segmind.v2 import InferenceFailed
 
-from tests.conftest import REPO_ROOT
-from tests.stack import make_stack
+from tests.stack import start_full_stack
 
 pytestmark = pytest.mark.e2e
 SLUG = "sdxl-img2img"
@@ -37,15 +35,7 @@ FAST = {"base_model": "tiny", "num_inference_steps": 20, "strength": 0.5}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    # tiny served by the worker; `idle` is never served (requests wait QUEUED); `broken` cannot load.
-    models = yaml.safe_load((REPO_ROOT / "models.yaml").read_text())
-    models["models"]["idle"] = {"source": "builtin:tiny"}
-    models["models"]["broken"] = {"source": str(tmp_path_factory.mktemp("nothing") / "no-such-model")}
-    models_file = tmp_path_factory.mktemp("cfg") / "models.yaml"
-    models_file.write_text(yaml.safe_dump(models))
-    stack = make_stack(SDXL_MODELS_FILE=str(models_file))
-    stack.start_api()
-    stack.start_worker(models="tiny,broken")
+    stack = start_full_stack(tmp_path_factory.mktemp("stack"))
     yield stack
     stack.stop()
 
