@@ -3,17 +3,20 @@ field and the allowed values (`num_inference_steps must be between 20 and 100, g
 
 from __future__ import annotations
 
+import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.contract import OUTPUT_FORMATS, SEED_MODULUS
+from app.contract import OUTPUT_FORMATS, SEED_MODULUS, JobSpec
 from app.errors import InvalidInput
 from app.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 
 MAX_PROMPT_CHARS = 10_000
 MAX_SEED = SEED_MODULUS - 1
+RANDOM_SEED_BOUND = 2**32  # seed -1 draws uniformly in 0 to 2^32-1 (CONTRACT 3b)
 
 
 class Img2ImgRequest(BaseModel):
@@ -58,6 +61,39 @@ class GenerationParams:
     output_format: str
     output_quality: int
     webhook_url: str | None
+
+    def to_job_spec(
+        self,
+        *,
+        request_id: str,
+        width: int,
+        height: int,
+        input_key: str = "",
+        key_id: str = "",
+        cost: int = 0,
+    ) -> JobSpec:
+        """The job for the queue (or the in-process `generate`), with the seed drawn when it is -1."""
+        return JobSpec(
+            request_id=request_id,
+            base_model=self.base_model,
+            scheduler=self.scheduler,
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            strength=self.strength,
+            samples=self.samples,
+            seed=self.seed if self.seed >= 0 else secrets.randbelow(RANDOM_SEED_BOUND),
+            output_format=self.output_format,
+            output_quality=self.output_quality,
+            base64=self.base64,
+            width=width,
+            height=height,
+            input_key=input_key,
+            key_id=key_id,
+            cost=cost,
+            created_at=time.time(),
+        )
 
 
 _TRUE = {"true", "1", "yes", "on"}

@@ -8,8 +8,6 @@ image and the RQ job in one MULTI/EXEC pipeline.
 from __future__ import annotations
 
 import contextlib
-import secrets
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -60,28 +58,14 @@ class Submitter:
 
     async def submit(self, key: KeyRecord, params: GenerationParams, image: PreparedImage) -> Submitted:
         request_id = str(uuid.uuid4())
-        seed = params.seed if params.seed >= 0 else secrets.randbelow(2**32)
         cost = params.samples * self.settings.credits_per_image
-        spec = JobSpec(
+        spec = params.to_job_spec(
             request_id=request_id,
-            base_model=params.base_model,
-            scheduler=params.scheduler,
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt,
-            num_inference_steps=params.num_inference_steps,
-            guidance_scale=params.guidance_scale,
-            strength=params.strength,
-            samples=params.samples,
-            seed=seed,
-            output_format=params.output_format,
-            output_quality=params.output_quality,
-            base64=params.base64,
             width=image.width,
             height=image.height,
             input_key=self.keys.input_image(request_id),
             key_id=key.id,
             cost=cost,
-            created_at=time.time(),
         )
         remaining = await admission.reserve(
             self.aio,
