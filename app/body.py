@@ -61,6 +61,9 @@ async def parse_body(request: Request, max_bytes: int) -> dict[str, Any]:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # `[[[[...` a few thousand deep exhausts the parser's stack: hostile, not a server fault.
+        raise InvalidInput("request body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object")
     return data
