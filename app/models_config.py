@@ -23,6 +23,10 @@ class ModelEntry(BaseModel):
     revision: str | None = None
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     vae: str | None = None  # repo id or local directory of a replacement VAE (the fp16-safe SDXL VAE)
+    # For a single .safetensors source: the diffusers layout (hub repo id or local directory) to map
+    # it onto. Without it diffusers infers the architecture and fetches the matching config from the
+    # hub (or the HF_HOME cache).
+    config: str | None = None
     default_scheduler: str | None = None
     description: str | None = None
     license: str | None = None

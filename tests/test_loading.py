@@ -1,0 +1,172 @@
+"""Loading every source kind, the resident-pipeline cache (LRU, load counts, failures) and the
+device/dtype choice, on `tiny` and on sources that cannot load."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.models_config import ModelEntry, ModelsConfig
+from tests import engine_fixtures as fx
+from tests.engine_fixtures import (
+    engine_settings,
+    generate_one,
+    tiny_models,
+)
+from worker.device import pick_device, pick_dtype
+from worker.engine import Engine
+from worker.errors import DeviceUnavailable, JobInputError, ModelLoadError, UnknownModel
+
+# Session fixtures shared by the engine tests (pytest finds fixtures by name in the module).
+engine, one_thread, tiny_dir = fx.engine, fx.one_thread, fx.tiny_dir
+
+
+@pytest.fixture(scope="module")
+def saved_dir(engine, tmp_path_factory) -> Path:
+    """`tiny` written out with save_pretrained, as a user would point models.yaml at a directory."""
+    target = tmp_path_factory.mktemp("saved") / "tiny-copy"
+    engine.pipelines.get("tiny").save_pretrained(target)
+    return target
+
+
+def test_a_local_diffusers_directory_gives_the_same_image_as_builtin_tiny(engine, saved_dir):
+    entry = ModelEntry(source=str(saved_dir))
+    assert entry.source_kind == "directory"
+    local = Engine(engine_settings(), ModelsConfig(models={"local": entry}))
+    from_dir = generate_one(local, base_model="local", seed=99)
+    builtin = generate_one(engine, base_model="tiny", seed=99)
+    assert from_dir.images == builtin.images
+    assert local.pipelines.load_count("local") == 1
+
+
+def test_builtin_tiny_is_cached_on_disk_and_small(tiny_dir):
+    from worker.tiny import ensure_tiny
+
+    assert ensure_tiny(tiny_dir.parent.parent) == tiny_dir  # built once, found again
+    size = sum(f.stat().st_size for f in tiny_dir.rglob("*") if f.is_file())
+    assert size < 10_000_000
+    assert (tiny_dir / "model_index.json").is_file()
+
+
+def _failing(source: str, **fields: object) -> Engine:
+    return Engine(engine_settings(), tiny_models(broken=ModelEntry(source=source, **fields)))
+
+
+@pytest.mark.parametrize(
+    "source, reason",
+    [
+        ("/nonexistent/sdxl-model", "does not exist"),
+        ("/nonexistent/model.safetensors", "does not exist"),
+    ],
+)
+def test_a_missing_local_source_is_a_typed_error_naming_model_and_reason(source, reason):
+    failing = _failing(source)
+    with pytest.raises(ModelLoadError) as info:
+        generate_one(failing, base_model="broken")
+    assert "'broken'" in info.value.message and source in info.value.message and reason in info.value.message
+    assert info.value.status_code == 500
+
+
+def test_a_directory_that_is_not_a_diffusers_model_is_a_typed_error(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"no model_index\.json"):
+        _failing(str(tmp_path)).pipelines.get("broken")
+
+
+def test_a_corrupt_model_directory_is_a_typed_error(saved_dir, tmp_path):
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(saved_dir, corrupt)
+    for weights in (corrupt / "unet").glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors at all")
+    with pytest.raises(ModelLoadError, match="'broken'") as info:
+        _failing(str(corrupt)).pipelines.get("broken")
+    assert "Error" in info.value.reason
+
+
+def test_a_single_file_checkpoint_that_is_not_sdxl_is_a_typed_error(tiny_dir):
+    # A .safetensors file goes through from_single_file; tiny's UNet weights alone are not a whole
+    # SDXL checkpoint (and `config` keeps diffusers off the network).
+    unet_file = next((tiny_dir / "unet").glob("*.safetensors"))
+    failing = _failing(str(unet_file), config=str(tiny_dir))
+    assert failing.models.models["broken"].source_kind == "safetensors"
+    with pytest.raises(ModelLoadError, match=r"'broken'.*(from_single_file|missing)"):
+        failing.pipelines.get("broken")
+
+
+def test_a_failing_model_leaves_the_others_usable_and_fails_every_time():
+    now = [0.0]
+    failing = _failing("/nonexistent/sdxl-model")
+    failing.pipelines._clock = lambda: now[0]  # the failure memory's clock, advanced by hand
+    with pytest.raises(ModelLoadError):
+        failing.pipelines.get("broken")
+    assert generate_one(failing, base_model="tiny").images  # the other model still works
+    with pytest.raises(ModelLoadError, match="'broken'"):
+        failing.pipelines.get("broken")
+    assert failing.pipelines.load_attempts("broken") == 1  # remembered: not retried at once
+    now[0] += 3600
+    with pytest.raises(ModelLoadError):
+        failing.pipelines.get("broken")
+    assert failing.pipelines.load_attempts("broken") == 2  # retried once the memory expired
+    assert failing.pipelines.resident() == ["tiny"]
+
+
+def test_warm_up_loads_what_it_can_then_raises_the_failure():
+    failing = _failing("/nonexistent/sdxl-model")
+    with pytest.raises(ModelLoadError, match="'broken'"):
+        failing.warm_up(["tiny", "broken", "tiny_b"])
+    assert failing.pipelines.resident() == ["tiny", "tiny_b"]
+    assert failing.info()["resident_models"] == ["tiny", "tiny_b"]
+
+
+def test_switching_scheduler_or_between_resident_models_loads_nothing_again():
+    two = Engine(engine_settings(max_resident_models=2), tiny_models())
+    two.warm_up(["tiny", "tiny_b"])
+    assert two.pipelines.load_count() == 2
+    for scheduler in ("Euler", "DPM++ 2M Karras", "Euler a"):
+        for model in ("tiny", "tiny_b", "tiny"):
+            generate_one(two, base_model=model, scheduler=scheduler)
+    assert two.pipelines.load_count() == 2
+    assert two.pipelines.load_count("tiny") == two.pipelines.load_count("tiny_b") == 1
+
+
+def test_the_least_recently_used_model_leaves_when_the_cache_is_full():
+    one = Engine(engine_settings(max_resident_models=1), tiny_models())
+    generate_one(one, base_model="tiny")
+    generate_one(one, base_model="tiny_b")
+    assert one.pipelines.resident() == ["tiny_b"]
+    generate_one(one, base_model="tiny")
+    assert one.pipelines.resident() == ["tiny"]
+    assert one.pipelines.load_count("tiny") == 2 and one.pipelines.load_count("tiny_b") == 1
+
+
+def test_an_unknown_model_name_is_a_400_error(engine):
+    with pytest.raises(UnknownModel, match="'nope'") as info:
+        generate_one(engine, base_model="nope")
+    assert isinstance(info.value, JobInputError) and info.value.status_code == 400
+
+
+def test_device_and_dtype_choice():
+    cpu = pick_device(engine_settings(device="cpu"))
+    assert cpu.type == "cpu"
+    assert pick_dtype(cpu, ModelEntry(source="x")) == torch.float32
+    assert pick_dtype(torch.device("cuda"), ModelEntry(source="x")) == torch.float16
+    assert pick_dtype(cpu, ModelEntry(source="x", dtype="bfloat16")) == torch.bfloat16
+    if torch.cuda.is_available():
+        assert pick_device(engine_settings(device="auto")).type == "cuda"
+    else:
+        assert pick_device(engine_settings(device="auto")).type == "cpu"
+        with pytest.raises(DeviceUnavailable, match="SDXL_DEVICE=cuda"):
+            pick_device(engine_settings(device="cuda"))
+
+
+def test_source_kinds_of_the_shipped_models_file():
+    from app.models_config import load_models_config
+    from tests.conftest import REPO_ROOT
+
+    models = load_models_config(REPO_ROOT / "models.yaml").models
+    assert models["tiny"].source_kind == "builtin"
+    for name in ("juggernaut", "realvis", "protovision", "yamers_realistic"):
+        assert models[name].source_kind == "hub"
+        assert models[name].vae == "madebyollin/sdxl-vae-fp16-fix"
