@@ -20,6 +20,9 @@ from app.settings import Settings
 from tests.conftest import REPO_ROOT, TEST_CACHE_DIR
 
 SIZE = 64
+# diffusers' schedulers hand torch tensors to numpy 2, which warns at every step: tens of thousands
+# of lines of noise in a run of the 30 schedulers. Only that warning is silenced.
+QUIET_NUMPY = pytest.mark.filterwarnings("ignore:__array_:DeprecationWarning")
 
 
 def engine_settings(**overrides: object) -> Settings:

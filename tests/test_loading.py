@@ -22,6 +22,7 @@ from worker.errors import DeviceUnavailable, JobInputError, ModelLoadError, Unkn
 
 # Session fixtures shared by the engine tests (pytest finds fixtures by name in the module).
 engine, one_thread, tiny_dir = fx.engine, fx.one_thread, fx.tiny_dir
+pytestmark = fx.QUIET_NUMPY
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from worker.tiny import load_tokenizer
 
 # Session fixtures shared by the engine tests (pytest finds fixtures by name in the module).
 engine, one_thread, tiny_dir = fx.engine, fx.one_thread, fx.tiny_dir
+pytestmark = fx.QUIET_NUMPY
 
 W = 1.1
 

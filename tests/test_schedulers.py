@@ -17,6 +17,7 @@ from worker.tiny import SCHEDULER
 
 # Session fixtures shared by the engine tests (pytest finds fixtures by name in the module).
 engine, one_thread, tiny_dir = fx.engine, fx.one_thread, fx.tiny_dir
+pytestmark = fx.QUIET_NUMPY
 
 MODEL_CONFIG = diffusers.EulerDiscreteScheduler(**SCHEDULER).config
 

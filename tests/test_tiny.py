@@ -16,6 +16,7 @@ from worker.tiny import TOKENIZER_DIR, build_tiny, ensure_tiny, load_tokenizer
 
 # Session fixtures shared by the engine tests (pytest finds fixtures by name in the module).
 engine, one_thread, tiny_dir = fx.engine, fx.one_thread, fx.tiny_dir
+pytestmark = fx.QUIET_NUMPY
 
 
 def test_shipped_tokenizer_files_are_what_the_build_script_makes():

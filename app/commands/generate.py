@@ -88,10 +88,13 @@ def _read_image(source: str, settings: Any) -> Any:
 
 def _generate(settings: Any, models: Any, params: Any, prepared: Any, out: Path) -> int:
     import diffusers
+    import transformers
 
     from worker.engine import Engine, GenerationRequest
 
+    # Loading bars are noise around one result line (`models pull` is where downloads show progress).
     diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     spec = JobSpec(
         request_id=f"cli-{secrets.token_hex(6)}",
         base_model=params.base_model,
