@@ -19,6 +19,7 @@ from tests.engine_fixtures import (
 from worker.device import pick_device, pick_dtype
 from worker.engine import Engine
 from worker.errors import DeviceUnavailable, JobInputError, ModelLoadError, UnknownModel
+from worker.pipelines import PipelineCache
 
 # Session fixtures shared by the engine tests (pytest finds fixtures by name in the module).
 engine, one_thread, tiny_dir = fx.engine, fx.one_thread, fx.tiny_dir
@@ -97,20 +98,31 @@ def test_a_single_file_checkpoint_that_is_not_sdxl_is_a_typed_error(tiny_dir):
 
 
 def test_a_failing_model_leaves_the_others_usable_and_fails_every_time():
-    now = [0.0]
     failing = _failing("/nonexistent/sdxl-model")
-    failing.pipelines._clock = lambda: now[0]  # the failure memory's clock, advanced by hand
     with pytest.raises(ModelLoadError):
-        failing.pipelines.get("broken")
+        generate_one(failing, base_model="broken")
     assert generate_one(failing, base_model="tiny").images  # the other model still works
     with pytest.raises(ModelLoadError, match="'broken'"):
-        failing.pipelines.get("broken")
-    assert failing.pipelines.load_attempts("broken") == 1  # remembered: not retried at once
-    now[0] += 3600
-    with pytest.raises(ModelLoadError):
-        failing.pipelines.get("broken")
-    assert failing.pipelines.load_attempts("broken") == 2  # retried once the memory expired
+        generate_one(failing, base_model="broken")
+    assert failing.pipelines.load_attempts("broken") == 1  # remembered for a while: not retried at once
     assert failing.pipelines.resident() == ["tiny"]
+
+
+def test_a_failed_load_is_tried_again_once_its_memory_expires():
+    now = [0.0]
+    cache = PipelineCache(
+        engine_settings(),
+        tiny_models(broken=ModelEntry(source="/nonexistent/sdxl-model")),
+        device=torch.device("cpu"),
+        failure_ttl_s=30,
+        clock=lambda: now[0],
+    )
+    for expected_attempts, advance in ((1, 29.0), (1, 2.0), (2, 0.0)):
+        with pytest.raises(ModelLoadError):
+            cache.get("broken")
+        assert cache.load_attempts("broken") == expected_attempts
+        now[0] += advance
+    assert cache.load_count("broken") == 0
 
 
 def test_warm_up_loads_what_it_can_then_raises_the_failure():

@@ -22,7 +22,7 @@ from app.models_config import ModelsConfig
 from app.settings import Settings
 from worker.device import pick_device
 from worker.encode import content_type, encode_image
-from worker.errors import JobCancelled, ModelLoadError
+from worker.errors import JobCancelled
 from worker.pipelines import PipelineCache
 from worker.prompts import PromptEmbeddings, PromptEncoder
 from worker.schedulers import build_scheduler, scheduler_class
@@ -246,4 +246,4 @@ class _Progress:
         self._last = 0
 
 
-__all__ = ["Engine", "GenerationRequest", "GenerationResult", "ModelLoadError", "batch_key"]
+__all__ = ["Engine", "GenerationRequest", "GenerationResult", "batch_key", "per_job_pipeline"]
