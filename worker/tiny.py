@@ -26,8 +26,9 @@ SEED = 0
 REVISION = 2
 CLIP_WINDOW = 77
 
-# The text encoders: CLIP-shaped, 32 wide. SDXL concatenates the penultimate hidden states of both,
-# so the UNet's cross-attention width is 32 + 32.
+# The text encoders: CLIP-shaped, the second one wider (as in SDXL, where they are 768 and 1280
+# wide; tools that read single-file checkpoints tell the two apart by that width). SDXL concatenates
+# the penultimate hidden states of both, so the UNet's cross-attention width is 32 + 48.
 TEXT_ENCODER: dict[str, Any] = {
     "hidden_size": 32,
     "intermediate_size": 37,
@@ -38,6 +39,7 @@ TEXT_ENCODER: dict[str, Any] = {
     "max_position_embeddings": CLIP_WINDOW,
     "layer_norm_eps": 1e-5,
 }
+TEXT_ENCODER_2: dict[str, Any] = {**TEXT_ENCODER, "hidden_size": 48, "intermediate_size": 53}
 # After the diffusers fast tests of SDXL img2img: two levels, one cross-attention level.
 # projection_class_embeddings_input_dim = 6 time ids (original size, crop, target size) x 8 + the
 # 32-wide pooled text embedding of the second encoder.
@@ -52,7 +54,7 @@ UNET: dict[str, Any] = {
     "attention_head_dim": (2, 4),
     "use_linear_projection": True,
     "transformer_layers_per_block": (1, 1),
-    "cross_attention_dim": 64,
+    "cross_attention_dim": 32 + 48,
     "addition_embed_type": "text_time",
     "addition_time_embed_dim": 8,
     "projection_class_embeddings_input_dim": 6 * 8 + 32,
@@ -92,7 +94,11 @@ SCHEDULER: dict[str, Any] = {
 def fingerprint() -> str:
     """Changes whenever the definition of `tiny` (configs, seed or tokenizer files) changes."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([REVISION, SEED, TEXT_ENCODER, UNET, VAE, SCHEDULER], sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            [REVISION, SEED, TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE, SCHEDULER], sort_keys=True
+        ).encode()
+    )
     for name in ("vocab.json", "merges.txt"):
         digest.update((TOKENIZER_DIR / name).read_bytes())
     return digest.hexdigest()[:12]
@@ -144,19 +150,18 @@ def build_tiny():
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = load_tokenizer()
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **TEXT_ENCODER,
-    )
+    special = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     with torch.random.fork_rng(devices=[]):
         # One seed per component, so that changing one component leaves the others' weights alone.
         torch.manual_seed(SEED)
-        text_encoder = CLIPTextModel(text_config)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**special, **TEXT_ENCODER))
         torch.manual_seed(SEED + 1)
-        text_encoder_2 = CLIPTextModelWithProjection(text_config)
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**special, **TEXT_ENCODER_2))
         torch.manual_seed(SEED + 2)
         unet = UNet2DConditionModel(**UNET)
         torch.manual_seed(SEED + 3)
