@@ -122,6 +122,7 @@ def ensure_tiny(cache_dir: str | Path) -> Path:
     scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
         build_tiny().save_pretrained(scratch, safe_serialization=True)
+        scratch.chmod(0o755)  # mkdtemp's 0700 would hide the model from other users of a shared cache
         try:
             os.rename(scratch, target)
         except OSError:
