@@ -19,6 +19,7 @@ import uuid
 
 import redis
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
 from app.contract import Keys
@@ -89,6 +90,23 @@ def device_info(engine) -> dict:
     return info
 
 
+def stop_requested(worker: SimpleWorker) -> bool:
+    # rq notes a SIGTERM/SIGINT as a shutdown date (an idle worker leaves without _stop_requested).
+    return bool(worker._stop_requested or worker._shutdown_requested_date is not None)
+
+
+def wait_for_redis(worker: SimpleWorker) -> None:
+    """Blocks until Redis answers again, then marks this worker's old RQ registration dead: a Redis
+    that kept its data still holds it, and RQ refuses to start a worker whose name is alive."""
+    while not stop_requested(worker):
+        try:
+            worker.connection.ping()
+            worker.register_death()
+            return
+        except redis.RedisError:
+            time.sleep(1)
+
+
 def run_worker(settings: Settings, models_config: ModelsConfig, model_names: list[str]) -> int:
     from worker.engine import Engine
     from worker.errors import ModelLoadError
@@ -135,14 +153,18 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
     )
     log.info("worker listening", extra={"worker": context.worker_id, "queues": [q.name for q in queues]})
     try:
-        while True:
-            worker.work(with_scheduler=False, logging_level=settings.log_level)
-            # rq notes a SIGTERM/SIGINT as a shutdown date (an idle worker leaves without _stop_requested).
-            if worker._stop_requested or worker._shutdown_requested_date is not None:
+        while not stop_requested(worker):
+            try:
+                worker.work(with_scheduler=False, logging_level=settings.log_level)
+            except redis.RedisError as exc:
+                # RQ leaves its loop on a Redis error, and its teardown then fails on Redis too.
+                log.warning("worker loop: Redis unavailable", extra={"error": str(exc)})
+            if stop_requested(worker):
                 break
-            # RQ leaves its loop on a Redis timeout: wait for Redis to answer again and go on.
-            log.warning("worker loop ended; retrying in 1 s")
-            time.sleep(1)
+            log.warning("worker loop ended; waiting for Redis")
+            wait_for_redis(worker)
+    except StopRequested:
+        pass  # SIGTERM while idle outside RQ's loop (waiting for Redis): rq's handler raises this
     finally:
         heartbeat.stop()
         install_context(None)
