@@ -204,3 +204,29 @@ def test_source_kinds_of_the_shipped_models_file():
     for name in ("juggernaut", "realvis", "protovision", "yamers_realistic"):
         assert models[name].source_kind == "hub"
         assert models[name].vae == "madebyollin/sdxl-vae-fp16-fix"
+
+
+def test_reading_the_resident_models_never_waits_for_a_load():
+    # The worker's heartbeat thread reads them while a job may be loading a model for a minute.
+    import threading
+    import time
+
+    from worker.loading import load_pipeline
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow_load(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return load_pipeline(*args, **kwargs)
+
+    cache = PipelineCache(engine_settings(), tiny_models(), device=torch.device("cpu"), loader=slow_load)
+    loading = threading.Thread(target=cache.get, args=("tiny",))
+    loading.start()
+    assert started.wait(10)
+    before = time.monotonic()
+    assert cache.resident() == []
+    assert time.monotonic() - before < 0.5
+    release.set()
+    loading.join(10)
+    assert cache.resident() == ["tiny"] and cache.load_count("tiny") == 1

@@ -51,6 +51,9 @@ class PipelineCache:
         self._loader = loader
         self._clock = clock
         self._resident: OrderedDict[str, Any] = OrderedDict()  # most recently used last
+        # A snapshot of the names, replaced (never mutated) under the lock: readers such as the
+        # heartbeat thread must not wait for a load that holds the lock for a minute.
+        self._names: tuple[str, ...] = ()
         self._failures: dict[str, tuple[float, ModelLoadError]] = {}
         self._loads: Counter[str] = Counter()
         self._attempts: Counter[str] = Counter()
@@ -73,6 +76,7 @@ class PipelineCache:
             pipe = self._resident.get(name)
             if pipe is not None:
                 self._resident.move_to_end(name)
+                self._names = tuple(self._resident)
                 return pipe
             failed = self._failures.get(name)
             if failed is not None and self._clock() < failed[0]:
@@ -92,6 +96,7 @@ class PipelineCache:
             self._failures.pop(name, None)
             self._loads[name] += 1
             self._resident[name] = pipe
+            self._names = tuple(self._resident)
             log.info(
                 "model loaded",
                 extra={
@@ -114,9 +119,8 @@ class PipelineCache:
         return failures
 
     def resident(self) -> list[str]:
-        """Names of the resident models, least recently used first."""
-        with self._lock:
-            return list(self._resident)
+        """Names of the resident models, least recently used first (never waits for a load)."""
+        return list(self._names)
 
     def load_count(self, name: str | None = None) -> int:
         """How many times weights were loaded (for `name`, or in all): switching must not add to it."""
@@ -131,11 +135,13 @@ class PipelineCache:
             if name not in self._resident:
                 return False
             del self._resident[name]
+            self._names = tuple(self._resident)
             self._free_memory()
             return True
 
     def _evict_oldest(self) -> None:
         name, _ = self._resident.popitem(last=False)
+        self._names = tuple(self._resident)
         log.info("model evicted", extra={"model": name})
         self._free_memory()
 
