@@ -102,3 +102,14 @@ def test_tokenizer_splits_ordinary_english_into_words():
     tokens = load_tokenizer().tokenize("a photo of a cat sitting on a table, highly detailed")
     assert "cat</w>" in tokens and "detailed</w>" in tokens and ",</w>" in tokens
     assert len(tokens) < 20
+
+
+@pytest.mark.parametrize(
+    "prompt", ["a [cat] on a mat", "a (cat:0.5) on a mat", "a (cat:0) on a mat", "a (cat:-1) mat"]
+)
+def test_down_weights_and_odd_weights_encode(encoder, prompt):
+    with torch.inference_mode():
+        plain = encoder.encode("a cat on a mat").embeds
+        weighted = encoder.encode(prompt).embeds
+    assert weighted.shape == plain.shape and torch.isfinite(weighted).all()
+    assert not torch.equal(weighted, plain)
