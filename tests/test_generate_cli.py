@@ -131,3 +131,14 @@ def test_generate_reports_an_unreadable_image(tmp_path):
     )
     assert done.returncode == 1
     assert "cannot read image" in done.stderr
+
+
+def test_the_command_module_imports_without_torch():
+    code = (
+        "import argparse, sys; from app.commands import generate; "
+        "generate.register(argparse.ArgumentParser().add_subparsers()); assert 'torch' not in sys.modules"
+    )
+    done = subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "python"), "-c", code], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
