@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from app.contract import CANCELLED
 from app.errors import InvalidInput, ServiceError
+from app.settings import SettingsError
 
 
 class JobInputError(InvalidInput):
@@ -35,10 +36,9 @@ class ModelLoadError(ServiceError):
         self.reason = reason
 
 
-class DeviceUnavailable(ServiceError):
-    """SDXL_DEVICE asks for a device this machine does not have."""
-
-    status_code = 500
+class DeviceUnavailable(SettingsError):
+    """SDXL_DEVICE asks for a device this machine does not have: like any invalid setting, it stops
+    the process at start with a message naming the variable (a SystemExit, not a traceback)."""
 
 
 class JobCancelled(ServiceError):
