@@ -30,11 +30,17 @@ JOB_LOST_S = 8.0
 HEARTBEAT_TTL_S = Settings(job_lost_s=JOB_LOST_S).heartbeat_ttl_s  # 2 s for JOB_LOST_S = 8
 
 
-def slow_job(side: int) -> dict[str, Any]:
-    """100 denoising steps at strength 1 on `tiny`: long enough to be caught mid-job (seconds on a CPU;
-    512 px takes about a minute on this 2-core box, 256 px about 5 s)."""
+def slow_job(side: int, steps: int = 100) -> dict[str, Any]:
+    """`steps` denoising steps at strength 1 on `tiny`: long enough to be caught mid-job (100 steps at
+    512 px take about a minute on this 2-core CPU box, at 256 px about 5 s, at 128 px about 2.5 s)."""
     image = base64.b64encode(image_factory.jpeg(side, side)).decode()
-    return {"image": image, "prompt": "slow", "base_model": "tiny", "num_inference_steps": 100, "strength": 1}
+    return {
+        "image": image,
+        "prompt": "slow",
+        "base_model": "tiny",
+        "num_inference_steps": steps,
+        "strength": 1,
+    }
 
 
 def report(name: str, status: Any, seconds: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +24,10 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings, "api")
     app = create_app(settings)
+    # uvicorn drains on SIGTERM, then raises the signal again with the handler that was there before
+    # it started: with the default one the process dies by the signal (exit -15) after a clean drain.
+    # A no-op handler makes a drained stop exit 0, as process managers expect.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         app,
         host=args.host,
