@@ -80,8 +80,14 @@ class Lifecycle:
             args=[request_id, time.time(), self.result_ttl_s, CANCELLED],
         )
 
-    def reap(self, client: Any, request_id: str, worker_id: str, queue_name: str) -> Any:
-        """ "ALIVE", "GONE", "REQUEUED" or "FAILED" (worker lost: refund due)."""
+    def reap(
+        self, client: Any, request_id: str, worker_id: str, queue_name: str, *, hand_back: bool = False
+    ) -> Any:
+        """ "ALIVE", "GONE", "REQUEUED" or "FAILED" (worker lost: refund due).
+
+        `worker_id` is the worker the caller saw holding the request: nothing happens when another
+        has taken it over since. `hand_back`: that worker itself gives the request up (it is alive,
+        but Redis failed under its job), so its live heartbeat does not count."""
         return self._script(client, "reap")(
             keys=[
                 self.keys.request(request_id),
@@ -92,7 +98,15 @@ class Lifecycle:
                 self.keys.done(request_id),
                 self.keys.input_image(request_id),
             ],
-            args=[request_id, time.time(), self.result_ttl_s, MAX_ATTEMPTS, WORKER_LOST],
+            args=[
+                request_id,
+                time.time(),
+                self.result_ttl_s,
+                MAX_ATTEMPTS,
+                WORKER_LOST,
+                worker_id,
+                "1" if hand_back else "0",
+            ],
         )
 
 

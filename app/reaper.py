@@ -3,7 +3,8 @@ worker, or ends FAILED "worker lost" with its credits back (CONTRACT 6).
 
 Every worker runs a pass at each heartbeat, and so does the API (so that a request is not left
 PROCESSING when no worker at all is left). The decision itself is one Lua script, so two reapers
-never act twice on one request.
+never act twice on one request. A live worker whose job lost Redis mid-way hands its request back
+the same way (`hand_back`): nobody else would, since its heartbeat lives on.
 """
 
 from __future__ import annotations
@@ -31,18 +32,34 @@ def reap_lost_requests(client: redis.Redis, keys: Keys, lifecycle: Lifecycle) ->
         if outcome == "ALIVE":
             continue
         acted[request_id] = outcome
-        if outcome == "FAILED":
-            admission.refund_sync(client, keys, request_id)
-            with client.pipeline(transaction=False) as pipe:
-                metrics.record_job(
-                    pipe,
-                    keys,
-                    base_model=base_model,
-                    status=Status.FAILED.value,
-                    queue_time_s=None,
-                    inference_time_s=None,
-                )
-                pipe.execute()
-        if outcome in ("FAILED", "REQUEUED"):
-            log.warning("worker lost", extra={"request_id": request_id, "outcome": outcome})
+        _settle(client, keys, request_id, base_model, outcome)
     return acted
+
+
+def hand_back(client: redis.Redis, keys: Keys, lifecycle: Lifecycle, request_id: str, worker_id: str) -> str:
+    """A live worker gives up a request it holds (Redis failed under the job, so the job could not
+    end it): it runs once more, or ends FAILED "worker lost" with its credits back, as if the worker
+    had died. "GONE" when the request had ended after all; "ALIVE" when another worker holds it."""
+    spec_json = client.hget(keys.request(request_id), Field.SPEC)
+    base_model = JobSpec.from_json(spec_json).base_model if spec_json else ""
+    outcome = lifecycle.reap(client, request_id, worker_id, keys.queue_name(base_model), hand_back=True)
+    outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+    _settle(client, keys, request_id, base_model, outcome)
+    return outcome
+
+
+def _settle(client: redis.Redis, keys: Keys, request_id: str, base_model: str, outcome: str) -> None:
+    if outcome == "FAILED":
+        admission.refund_sync(client, keys, request_id)
+        with client.pipeline(transaction=False) as pipe:
+            metrics.record_job(
+                pipe,
+                keys,
+                base_model=base_model,
+                status=Status.FAILED.value,
+                queue_time_s=None,
+                inference_time_s=None,
+            )
+            pipe.execute()
+    if outcome in ("FAILED", "REQUEUED"):
+        log.warning("worker lost", extra={"request_id": request_id, "outcome": outcome})

@@ -22,7 +22,14 @@ import redis
 
 from tests import image_factory
 from tests.stack import Stack, free_port, make_stack
-from tests.test_hardening_workers import report, wait_until
+from tests.test_hardening_workers import (
+    heartbeat,
+    report,
+    request_fields,
+    running_worker,
+    slow_job,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 SLUG = "sdxl-img2img"
@@ -100,7 +107,8 @@ def private_redis() -> Iterator[PrivateRedis]:
 
 @pytest.fixture(scope="module")
 def stack(private_redis) -> Iterator[Stack]:
-    stack = make_stack(SDXL_AUTH="disabled", REDIS_URL=private_redis.url, SDXL_JOB_LOST_S="8")
+    # JOB_LOST_S 60: heartbeats live 15 s, so a hang of a few seconds does not look like dead workers.
+    stack = make_stack(SDXL_AUTH="disabled", REDIS_URL=private_redis.url, SDXL_JOB_LOST_S="60")
     stack.start_api()
     stack.start_worker()
     yield stack
@@ -174,6 +182,27 @@ def test_redis_hang_is_502_fast_and_recovers(stack, private_redis, http, finishe
     resumed = time.monotonic()
     recovers(http, "SIGSTOP/SIGCONT", resumed)
     assert http.get(f"/v2/requests/{finished_request}").json()["status"] == "COMPLETED"
+
+
+def test_redis_hang_mid_job_does_not_leave_the_request_processing(stack, private_redis, http):
+    request_id = http.post(f"/v2/{SLUG}", json=slow_job(128)).json()["request_id"]
+    worker_id = running_worker(stack, request_id, timeout=60)
+    private_redis.signal(signal.SIGSTOP)
+    time.sleep(3)  # past the 1.5 s socket timeout: the job's next progress write fails
+    private_redis.signal(signal.SIGCONT)
+    resumed = time.monotonic()
+    # The worker lives on (its heartbeat too), so no reaper may touch the request: the worker itself
+    # hands it back, and it runs again.
+    assert heartbeat(stack, worker_id) is not None
+
+    def ended() -> dict | None:
+        body = http.get(f"/v2/requests/{request_id}/status").json()
+        return body if body["status"] in ("COMPLETED", "FAILED") else None
+
+    body = wait_until(ended, 120, "the request to end after the hang", interval=0.2)
+    report("Redis hung 3 s mid-job: the request", body["status"], time.monotonic() - resumed)
+    assert body["status"] == "COMPLETED", body
+    assert request_fields(stack, request_id)["attempts"] == "2", "the interrupted attempt ran again"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

@@ -25,7 +25,7 @@ from rq.serializers import JSONSerializer
 from app.contract import Keys
 from app.lifecycle import Lifecycle
 from app.models_config import ModelsConfig
-from app.reaper import reap_lost_requests
+from app.reaper import hand_back, reap_lost_requests
 from app.redis_clients import sync_client
 from app.settings import Settings
 from worker.tasks import WorkerContext, install_context
@@ -66,10 +66,21 @@ class Heartbeat(threading.Thread):
         ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
         self.client.set(self.context.keys.worker(self.context.worker_id), json.dumps(value), px=ttl_ms)
 
+    def hand_back_orphans(self) -> None:
+        """Requests whose job Redis failed under are still held in this worker's name: give them up
+        (run again elsewhere, or FAILED "worker lost" with a refund). Raises while Redis is down."""
+        for request_id in list(self.context.orphans):
+            outcome = hand_back(
+                self.client, self.context.keys, self.context.lifecycle, request_id, self.context.worker_id
+            )
+            self.context.orphans.discard(request_id)
+            log.warning("request handed back", extra={"request_id": request_id, "outcome": outcome})
+
     def run(self) -> None:
         while not self.stopped.wait(self.settings.heartbeat_ttl_s / 3):
             try:
                 self.beat()
+                self.hand_back_orphans()
                 reap_lost_requests(self.client, self.context.keys, self.context.lifecycle)
             except redis.RedisError as exc:
                 log.warning("heartbeat: Redis unavailable", extra={"error": str(exc)})

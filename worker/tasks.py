@@ -8,6 +8,7 @@ the reason and its credits back; only the process's own death is left to the rea
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ class WorkerContext:
     redis: redis.Redis
     engine: Any  # worker.engine.Engine (imported lazily: torch)
     current: dict[str, Any] = field(default_factory=dict)
+    # Requests this worker still holds (PROCESSING) whose job Redis failed under: the heartbeat
+    # thread hands them back once Redis answers (app.reaper.hand_back).
+    orphans: set[str] = field(default_factory=set)
 
 
 _context: WorkerContext | None = None
@@ -54,7 +58,12 @@ def run_request(request_id: str) -> str:
 
 
 def _run(ctx: WorkerContext, request_id: str) -> str:
-    outcome = ctx.lifecycle.start(ctx.redis, request_id, ctx.worker_id)
+    try:
+        # (A start whose reply was lost may still have made the request ours: hand it back too.)
+        outcome = ctx.lifecycle.start(ctx.redis, request_id, ctx.worker_id)
+    except redis.RedisError:
+        ctx.orphans.add(request_id)
+        raise
     outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
     if outcome != "OK":
         log.info("skipping request", extra={"reason": f"status is {outcome}"})
@@ -69,6 +78,11 @@ def _run(ctx: WorkerContext, request_id: str) -> str:
         if image_bytes is None:
             return _fail(ctx, spec, "input image expired before the request started", 500)
         return _generate(ctx, spec, image_bytes)
+    except redis.RedisError:
+        # The request may still be PROCESSING in this worker's name, and the reaper leaves it alone
+        # while our heartbeat lives: hand it back once Redis answers, or it would stay stuck.
+        ctx.orphans.add(request_id)
+        raise
     finally:
         ctx.current.pop("request_id", None)
 
@@ -105,7 +119,7 @@ def _generate(ctx: WorkerContext, spec: JobSpec, image_bytes: bytes) -> str:
     except ModelLoadError as exc:
         return _fail(ctx, spec, str(exc), 500)
     except redis.RedisError:
-        raise  # Redis is gone: the reaper (or the retry) takes over once it is back
+        raise  # Redis failed under the job: `_run` hands the request back once Redis answers
     except Exception as exc:
         log.exception("generation failed")
         return _fail(ctx, spec, f"generation failed: {type(exc).__name__}: {exc}", 500)
@@ -133,6 +147,12 @@ def _fail(ctx: WorkerContext, spec: JobSpec, error: str, error_status: int) -> s
 
 
 def _record(ctx: WorkerContext, spec: JobSpec, status: Status, inference_time: float | None) -> None:
+    # Metrics are best effort: the request has already ended, a Redis error here must not undo that.
+    with contextlib.suppress(redis.RedisError):
+        _record_job(ctx, spec, status, inference_time)
+
+
+def _record_job(ctx: WorkerContext, spec: JobSpec, status: Status, inference_time: float | None) -> None:
     started = ctx.redis.hget(ctx.keys.request(spec.request_id), Field.STARTED_AT)
     queue_time = float(started) - spec.created_at if started else None
     with ctx.redis.pipeline(transaction=False) as pipe:

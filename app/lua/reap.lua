@@ -1,9 +1,13 @@
 -- A PROCESSING request whose worker's heartbeat is gone: run it once more (back to the front of
--- its queue) or, past max attempts, end it FAILED "worker lost".
+-- its queue) or, past max attempts, end it FAILED "worker lost". The worker that holds a request
+-- may also hand it back itself (ARGV[7] = '1'): alive, but Redis failed under its job.
 -- KEYS: request hash, processing zset, worker heartbeat key, rq queue list, rq job hash, done list,
--- input image key. ARGV: request id, now, ttl, max attempts, error text.
-if redis.call('EXISTS', KEYS[3]) == 1 then return 'ALIVE' end
+-- input image key. ARGV: request id, now, ttl, max attempts, error text, the worker the caller saw
+-- holding the request, '1' for a hand back.
+if ARGV[7] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 'ALIVE' end
 local status = redis.call('HGET', KEYS[1], 'status')
+-- Taken over by another worker since the caller looked: not this call's to act on.
+if status == 'PROCESSING' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[6] then return 'ALIVE' end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if status ~= 'PROCESSING' then return 'GONE' end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
