@@ -45,6 +45,12 @@ def hand_back(client: redis.Redis, keys: Keys, lifecycle: Lifecycle, request_id:
     outcome = lifecycle.reap(client, request_id, worker_id, keys.queue_name(base_model), hand_back=True)
     outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
     _settle(client, keys, request_id, base_model, outcome)
+    if (
+        outcome == "GONE"
+        and client.hget(keys.request(request_id), Field.STATUS) == Status.FAILED.value.encode()
+    ):
+        # The job ended it FAILED but Redis failed before the refund: refunds happen exactly once.
+        admission.refund_sync(client, keys, request_id)
     return outcome
 
 
