@@ -12,7 +12,14 @@ import httpx
 import pytest
 
 from tests.stack import make_stack
-from tests.test_hardening_workers import heartbeat, report, running_worker, slow_job, wait_until
+from tests.test_hardening_workers import (
+    heartbeat,
+    report,
+    request_fields,
+    running_worker,
+    slow_job,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 SLUG = "sdxl-img2img"
@@ -41,10 +48,11 @@ def test_sigterm_to_api_answers_the_waiting_v1_request_then_exits_0(stack):
         waiting = pool.submit(
             httpx.post, f"{stack.base_url}/v1/{SLUG}", json=slow_job(128, steps=50), timeout=120
         )
-        processing_request(stack)
+        request_id = processing_request(stack)
         # uvicorn drains for up to 30 s (app/commands/api.py): the job takes a few seconds.
         api.send_signal(signal.SIGTERM)
         stopped_at = time.monotonic()
+        assert request_fields(stack, request_id)["status"] == "PROCESSING", "in flight at the signal"
 
         # The listening socket closes at once: a new connection is refused while the v1 request drains.
         def refused() -> bool:
@@ -72,6 +80,7 @@ def test_sigterm_to_worker_finishes_the_job_then_exits_0(stack):
     worker_id = running_worker(stack, request_id, timeout=60)
     worker.send_signal(signal.SIGTERM)
     stopped_at = time.monotonic()
+    assert request_fields(stack, request_id)["status"] == "PROCESSING", "mid-job at the signal"
     # Queued behind the running job: a stopping worker must not take it.
     later = httpx.post(f"{stack.base_url}/v2/{SLUG}", json=slow_job(128, steps=50), timeout=30).json()[
         "request_id"
