@@ -131,6 +131,9 @@ def make_stack(**settings_env: str) -> Stack:
         "SDXL_DEVICE": os.environ.get("SDXL_DEVICE", "cpu"),
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        # One torch thread per worker: on a small shared CPU, OpenMP threads waiting on each other
+        # make a tiny job's time swing by seconds.
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         **settings_env,
     }
     return Stack(prefix=prefix, env=env, port=free_port())
