@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.contract import JobSpec
 from app.errors import ServiceError
 
 # Flags that map one-to-one onto request fields (CONTRACT 2); None = leave the API default.
@@ -95,23 +94,8 @@ def _generate(settings: Any, models: Any, params: Any, prepared: Any, out: Path)
     # Loading bars are noise around one result line (`models pull` is where downloads show progress).
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    spec = JobSpec(
-        request_id=f"cli-{secrets.token_hex(6)}",
-        base_model=params.base_model,
-        scheduler=params.scheduler,
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
-        num_inference_steps=params.num_inference_steps,
-        guidance_scale=params.guidance_scale,
-        strength=params.strength,
-        samples=params.samples,
-        seed=params.seed if params.seed >= 0 else secrets.randbelow(2**32),  # CONTRACT 3b
-        output_format=params.output_format,
-        output_quality=params.output_quality,
-        base64=False,
-        width=prepared.width,
-        height=prepared.height,
-        input_key="",
+    spec = params.to_job_spec(
+        request_id=f"cli-{secrets.token_hex(6)}", width=prepared.width, height=prepared.height
     )
     started = time.perf_counter()
     engine = Engine(settings, models)
