@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from app import accounts
+from tests.faults import balance
 from tests.stack import make_stack, start_full_stack
 from tests.test_e2e_api import FAST, IMAGE, SLUG, wait_status
 
@@ -23,10 +24,6 @@ def stack(tmp_path_factory):
 def post(stack, headers, body=None, version="v2"):
     body = body or {"image": IMAGE, "prompt": "p", **FAST}
     return httpx.post(f"{stack.base_url}/{version}/{SLUG}", json=body, headers=headers, timeout=60)
-
-
-def balance(stack, key: str) -> int | None:
-    return accounts.get_key(stack.redis(), stack.keys, key).credits
 
 
 def test_missing_invalid_and_revoked_keys_are_401(stack):

@@ -11,8 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.stack import make_stack
-from tests.test_hardening_workers import (
+from tests.faults import (
     heartbeat,
     report,
     request_fields,
@@ -20,6 +19,7 @@ from tests.test_hardening_workers import (
     slow_job,
     wait_until,
 )
+from tests.stack import make_stack
 
 pytestmark = pytest.mark.e2e
 SLUG = "sdxl-img2img"

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from tests import image_factory
+from tests.faults import report
 from tests.stack import make_stack
-from tests.test_hardening_workers import report
 
 pytestmark = pytest.mark.e2e
 SLUG = "sdxl-img2img"

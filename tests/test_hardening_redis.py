@@ -21,8 +21,7 @@ import pytest
 import redis
 
 from tests import image_factory
-from tests.stack import Stack, free_port, make_stack
-from tests.test_hardening_workers import (
+from tests.faults import (
     heartbeat,
     report,
     request_fields,
@@ -30,6 +29,7 @@ from tests.test_hardening_workers import (
     slow_job,
     wait_until,
 )
+from tests.stack import Stack, free_port, make_stack
 
 pytestmark = pytest.mark.e2e
 SLUG = "sdxl-img2img"

@@ -20,8 +20,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
 
 from tests import image_factory
+from tests.faults import report
 from tests.stack import Stack, make_stack
-from tests.test_hardening_workers import report
 
 pytestmark = pytest.mark.e2e
 EXAMPLES_PER_OPERATION = 100

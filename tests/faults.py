@@ -1,0 +1,89 @@
+"""Helpers for the fault and attack tests: slow jobs, waiting, worker heartbeats and kills, the
+HARDENING report lines collected into docs/hardening.md."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from app import accounts
+from app.settings import Settings
+from tests import image_factory
+from tests.stack import Stack
+
+JOB_LOST_S = 8.0
+HEARTBEAT_TTL_S = Settings(job_lost_s=JOB_LOST_S).heartbeat_ttl_s  # 2 s for JOB_LOST_S = 8
+
+
+def slow_job(side: int, steps: int = 100) -> dict[str, Any]:
+    """`steps` denoising steps at strength 1 on `tiny`: long enough to be caught mid-job (100 steps at
+    512 px take about a minute on this 2-core CPU box, at 256 px about 5 s, at 128 px about 2.5 s)."""
+    image = base64.b64encode(image_factory.jpeg(side, side)).decode()
+    return {
+        "image": image,
+        "prompt": "slow",
+        "base_model": "tiny",
+        "num_inference_steps": steps,
+        "strength": 1,
+    }
+
+
+def report(name: str, status: Any, seconds: float) -> None:
+    """One line per attack or fault, collected into docs/hardening.md (run pytest with -s)."""
+    print(f"\nHARDENING | {name} | {status} | {seconds:.3f} s")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def request_fields(stack: Stack, request_id: str) -> dict[str, str]:
+    raw = stack.redis().hgetall(stack.keys.request(request_id))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def running_worker(stack: Stack, request_id: str, timeout: float, other_than: str | None = None) -> str:
+    """Waits until the request is PROCESSING with at least one denoising step done; its worker id."""
+
+    def check() -> str | None:
+        fields = request_fields(stack, request_id)
+        running = fields.get("status") == "PROCESSING" and int(fields.get("step") or 0) >= 1
+        if running and fields.get("worker") and fields["worker"] != other_than:
+            return fields["worker"]
+        return None
+
+    return wait_until(check, timeout, f"request {request_id} to run (worker other than {other_than})")
+
+
+def heartbeat(stack: Stack, worker_id: str) -> dict[str, Any] | None:
+    raw = stack.redis().get(stack.keys.worker(worker_id))
+    return json.loads(raw) if raw else None
+
+
+def kill_worker(stack: Stack, worker_id: str) -> float:
+    """SIGKILLs the worker process that holds `worker_id` (its pid is in its heartbeat); returns the
+    time of the kill."""
+    beat = heartbeat(stack, worker_id)
+    assert beat is not None, "a running worker announces itself with a heartbeat key"
+    pttl = stack.redis().pttl(stack.keys.worker(worker_id))
+    assert 0 < pttl <= HEARTBEAT_TTL_S * 1000, "the heartbeat key expires unless renewed"
+    [process] = [p for p in stack.workers if p.pid == beat["pid"]]
+    os.kill(process.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    process.wait(timeout=10)
+    return killed_at
+
+
+def balance(stack: Stack, key: str) -> int | None:
+    return accounts.get_key(stack.redis(), stack.keys, key).credits
