@@ -120,3 +120,19 @@ def test_static_keys_from_settings_are_unlimited():
         assert post(static, {"x-api-key": "sk-static-three"}).status_code == 401
     finally:
         static.stop()
+
+
+def test_thirty_concurrent_submissions_against_five_credits(stack):
+    import asyncio
+
+    key = stack.create_key(name="five", credits=5)
+    body = {"image": IMAGE, "prompt": "p", "base_model": "idle"}
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=stack.base_url, headers={"x-api-key": key}, timeout=60) as http:
+            responses = await asyncio.gather(*(http.post(f"/v2/{SLUG}", json=body) for _ in range(30)))
+        return [response.status_code for response in responses]
+
+    statuses = asyncio.run(burst())
+    assert sorted(statuses) == [200] * 5 + [406] * 25
+    assert balance(stack, key) == 0
