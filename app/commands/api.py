@@ -14,16 +14,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
+def app_from_env():
+    """The app as each uvicorn worker process builds it: settings from the environment, JSON logs."""
     from app.logging_setup import configure_logging
     from app.main import create_app
     from app.settings import load_settings
 
     settings = load_settings()
     configure_logging(settings, "api")
-    app = create_app(settings)
+    return create_app(settings)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    # One process builds the app here (a bad setting stops it now, with its message); with
+    # --workers N, uvicorn's supervisor starts N processes that each build their own from the factory.
+    app = app_from_env()
+    if args.workers > 1:
+        app = f"{__name__}:app_from_env"
     # uvicorn drains on SIGTERM, then raises the signal again with the handler that was there before
     # it started: with the default one the process dies by the signal (exit -15) after a clean drain.
     # A no-op handler makes a drained stop exit 0, as process managers expect.
@@ -38,5 +47,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
         limit_concurrency=None,
         backlog=4096,
+        workers=args.workers if args.workers > 1 else None,
+        factory=args.workers > 1,
     )
     return 0
