@@ -129,6 +129,16 @@ class Keys:
     def metrics(self, name: str) -> str:
         return f"{self.prefix}:metrics:{name}"
 
+    @property
+    def webhooks(self) -> str:
+        """Sorted set of webhook deliveries still to make, `<attempt>:<request id>` scored by when."""
+        return f"{self.prefix}:webhooks"
+
+    @property
+    def webhook_wake(self) -> str:
+        """A list pushed to when a delivery is added: the deliverers BLPOP it instead of polling."""
+        return f"{self.prefix}:webhooks:wake"
+
 
 # Fields of the request hash (Keys.request). Written by the API at submission and by the worker.
 class Field:
@@ -149,3 +159,4 @@ class Field:
     CANCEL = "cancel"  # set to 1 when a cancel was asked for a PROCESSING request
     REFUNDED = "refunded"  # set once credits were given back (exactly once)
     WEBHOOK = "webhook_url"
+    BASE_URL = "base_url"  # the public base URL the request came in on, for the webhook's output URLs

@@ -40,6 +40,11 @@ _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _USER_AGENT = "sdxl-img2img-fetch/1"
 
+
+class AddressRefused(InvalidInput):
+    """The URL's host is (or resolves to) an address the policy refuses: never worth a retry."""
+
+
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
@@ -219,7 +224,7 @@ def _parse_legacy_ip_url(url: str) -> httpx.URL:
     raise InvalidInput("image URL is not a valid URL")
 
 
-async def _resolve(host: str, port: int) -> list[IPAddress]:
+async def _resolve(host: str, port: int, what: str) -> list[IPAddress]:
     """The addresses of `host`, looked up once (a literal IP in any spelling is not looked up)."""
     literal = parse_ip_host(host)
     if literal is not None:
@@ -227,14 +232,28 @@ async def _resolve(host: str, port: int) -> list[IPAddress]:
     try:
         infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError, OSError):
-        raise InvalidInput(f"image URL host {host} could not be resolved") from None
+        raise InvalidInput(f"{what} host {host} could not be resolved") from None
     addresses: list[IPAddress] = []
     for _family, _type, _proto, _name, sockaddr in infos:
         ip = ipaddress.ip_address(sockaddr[0])
         if ip not in addresses:
             addresses.append(ip)
     if not addresses:
-        raise InvalidInput(f"image URL host {host} could not be resolved")
+        raise InvalidInput(f"{what} host {host} could not be resolved")
+    return addresses
+
+
+async def checked_addresses(
+    host: str, port: int, policy: AddressPolicy, *, what: str = "image URL"
+) -> list[IPAddress]:
+    """`host` resolved once, every address checked with `policy`: connect only to these (no second
+    lookup, so DNS rebinding cannot swap them). Also used for webhook POSTs (app/webhooks.py);
+    `what` names the URL in error messages."""
+    addresses = await _resolve(host, port, what)
+    for ip in addresses:
+        if not policy(ip):
+            shown = host if parse_ip_host(host) == ip else f"{host} ({ip})"
+            raise AddressRefused(f"{what} host {shown} is not a public address; refused")
     return addresses
 
 
@@ -244,11 +263,7 @@ async def _open(
     """Resolve, check every address, then send to the first address that accepts a connection."""
     host = url.raw_host.decode("ascii")
     port = url.port or _DEFAULT_PORTS[url.scheme]
-    addresses = await _resolve(host, port)
-    for ip in addresses:
-        if not policy(ip):
-            shown = host if parse_ip_host(host) == ip else f"{host} ({ip})"
-            raise InvalidInput(f"image URL host {shown} is not a public address; refused")
+    addresses = await checked_addresses(host, port, policy)
 
     extensions = {}
     if url.scheme == "https" and parse_ip_host(host) is None:

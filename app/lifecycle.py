@@ -62,6 +62,8 @@ class Lifecycle:
                 self.keys.processing,
                 self.keys.done(request_id),
                 self.keys.input_image(request_id),
+                self.keys.webhooks,
+                self.keys.webhook_wake,
                 *[self.keys.output(request_id, name) for name in outputs],
             ],
             args=[request_id, worker_id, self.result_ttl_s, len(fields), *flat, *outputs.values()],
@@ -76,6 +78,8 @@ class Lifecycle:
                 f"rq:queue:{queue_name}",
                 self.keys.done(request_id),
                 self.keys.input_image(request_id),
+                self.keys.webhooks,
+                self.keys.webhook_wake,
             ],
             args=[request_id, time.time(), self.result_ttl_s, CANCELLED],
         )
@@ -97,6 +101,8 @@ class Lifecycle:
                 f"rq:job:{request_id}",
                 self.keys.done(request_id),
                 self.keys.input_image(request_id),
+                self.keys.webhooks,
+                self.keys.webhook_wake,
             ],
             args=[
                 request_id,

@@ -25,6 +25,7 @@ from app.routes import generation, health, requests
 from app.settings import Settings, SettingsError, load_settings
 from app.state import AppState
 from app.submission import Submitter
+from app.webhooks import Deliverer, HttpScopeMiddleware
 
 log = logging.getLogger("sdxl.api")
 
@@ -78,13 +79,18 @@ def create_app(settings: Settings | None = None, models: ModelsConfig | None = N
             log.warning(
                 "SDXL_AUTH=disabled: every request is accepted without a key (local development only)"
             )
-        task = asyncio.create_task(_background(state))
+        tasks = [
+            asyncio.create_task(_background(state)),
+            asyncio.create_task(Deliverer(settings, state.keys, state.aio).run()),
+        ]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state.aio.aclose()
             state.sync.close()
 
@@ -103,4 +109,5 @@ def create_app(settings: Settings | None = None, models: ModelsConfig | None = N
     app.include_router(metrics.create_metrics_router(registry, lambda: state.aio, state.keys, models.names))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(metrics.RequestMetricsMiddleware, registry=registry)
+    app.add_middleware(HttpScopeMiddleware)  # the submission's base URL, kept for its webhook
     return app

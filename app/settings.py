@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     credits_per_image: int = Field(1, ge=0, validation_alias=_env("SDXL_CREDITS_PER_IMAGE"))
     job_lost_s: float = Field(120, gt=0, validation_alias=_env("SDXL_JOB_LOST_S"))
     webhook_secret: str | None = Field(None, validation_alias=_env("SDXL_WEBHOOK_SECRET"))
+    # First webhook retry delay; each next one doubles (1, 2, 4, 8, 16 s by default).
+    webhook_backoff_s: float = Field(1.0, gt=0, validation_alias=_env("SDXL_WEBHOOK_BACKOFF_S"))
     worker_models: str = Field("", validation_alias=_env("SDXL_WORKER_MODELS"))
     device: Literal["auto", "cuda", "cpu"] = Field("auto", validation_alias=_env("SDXL_DEVICE"))
     max_resident_models: int = Field(2, ge=1, validation_alias=_env("SDXL_MAX_RESIDENT_MODELS"))

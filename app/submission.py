@@ -24,6 +24,7 @@ from app.errors import Unavailable
 from app.images import PreparedImage, load_input_bytes, load_input_image
 from app.schema import GenerationParams
 from app.settings import Settings
+from app.webhooks import check_webhook_url, current_base_url
 
 # A request that never starts still expires: its record and input image are not kept forever.
 PENDING_TTL_S = 24 * 3600
@@ -52,6 +53,8 @@ class Submitter:
         }
 
     async def prepare(self, params: GenerationParams) -> PreparedImage:
+        if params.webhook_url:  # before fetching an image for a request that will be refused
+            check_webhook_url(params.webhook_url, self.settings)
         if isinstance(params.image, bytes):
             return await load_input_bytes(params.image, self.settings)
         return await load_input_image(params.image, self.settings)
@@ -78,7 +81,9 @@ class Submitter:
             pending_ttl_s=PENDING_TTL_S,
         )
         try:
-            await anyio.to_thread.run_sync(self._enqueue, spec, image.png, params.webhook_url)
+            await anyio.to_thread.run_sync(
+                self._enqueue, spec, image.png, params.webhook_url, current_base_url(self.settings)
+            )
         except redis.RedisError:
             # Redis is down: the reservation and the half-written record expire with it.
             with contextlib.suppress(redis.RedisError):
@@ -86,7 +91,7 @@ class Submitter:
             raise Unavailable() from None
         return Submitted(spec=spec, key=key, remaining_credits=remaining)
 
-    def _enqueue(self, spec: JobSpec, png: bytes, webhook_url: str | None) -> None:
+    def _enqueue(self, spec: JobSpec, png: bytes, webhook_url: str | None, base_url: str | None) -> None:
         request_key = self.keys.request(spec.request_id)
         record = {
             Field.STATUS: Status.QUEUED.value,
@@ -98,6 +103,8 @@ class Submitter:
         }
         if webhook_url:
             record[Field.WEBHOOK] = webhook_url
+            # The webhook's body names absolute output URLs; the deliverer has no HTTP request at hand.
+            record[Field.BASE_URL] = base_url or ""
         with self.sync.pipeline(transaction=True) as pipe:
             pipe.multi()  # explicit: rq then adds its commands to this same MULTI/EXEC
             pipe.hset(request_key, mapping=record)

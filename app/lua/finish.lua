@@ -1,6 +1,7 @@
 -- PROCESSING -> COMPLETED or FAILED, only by the worker that holds the request: a worker that was
 -- presumed lost (and whose request was handed to another) must not overwrite anything.
--- KEYS: request hash, processing zset, done list, input image key, then one key per output.
+-- KEYS: request hash, processing zset, done list, input image key, webhook deliveries zset, webhook
+-- wake list, then one key per output.
 -- ARGV: request id, worker id, ttl, field/value count n, n*2 field-values, then one value per output key.
 if redis.call('HGET', KEYS[1], 'status') ~= 'PROCESSING' then return 0 end
 if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then return 0 end
@@ -10,8 +11,8 @@ for i = 0, n - 1 do
   redis.call('HSET', KEYS[1], ARGV[5 + 2 * i], ARGV[6 + 2 * i])
 end
 local first_output_value = 5 + 2 * n
-for k = 5, #KEYS do
-  redis.call('SET', KEYS[k], ARGV[first_output_value + k - 5], 'EX', ttl)
+for k = 7, #KEYS do
+  redis.call('SET', KEYS[k], ARGV[first_output_value + k - 7], 'EX', ttl)
 end
 redis.call('HDEL', KEYS[1], 'cancel')
 redis.call('EXPIRE', KEYS[1], ttl)
@@ -19,4 +20,12 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[4])
 redis.call('RPUSH', KEYS[3], 1)
 redis.call('EXPIRE', KEYS[3], ttl)
+-- A request with a webhook_url gets its delivery queued in the same atomic step as its end, so it
+-- cannot be lost between the two (see app/webhooks.py).
+if redis.call('HEXISTS', KEYS[1], 'webhook_url') == 1 then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[5], 'NX', tonumber(t[1]) + tonumber(t[2]) / 1000000, '0:' .. ARGV[1])
+  redis.call('RPUSH', KEYS[6], 1)
+  redis.call('LTRIM', KEYS[6], -64, -1)
+end
 return 1

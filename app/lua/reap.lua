@@ -2,8 +2,8 @@
 -- its queue) or, past max attempts, end it FAILED "worker lost". The worker that holds a request
 -- may also hand it back itself (ARGV[7] = '1'): alive, but Redis failed under its job.
 -- KEYS: request hash, processing zset, worker heartbeat key, rq queue list, rq job hash, done list,
--- input image key. ARGV: request id, now, ttl, max attempts, error text, the worker the caller saw
--- holding the request, '1' for a hand back.
+-- input image key, webhook deliveries zset, webhook wake list. ARGV: request id, now, ttl, max
+-- attempts, error text, the worker the caller saw holding the request, '1' for a hand back.
 if ARGV[7] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 'ALIVE' end
 local status = redis.call('HGET', KEYS[1], 'status')
 -- Taken over by another worker since the caller looked: not this call's to act on.
@@ -24,4 +24,12 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('DEL', KEYS[7])
 redis.call('RPUSH', KEYS[6], 1)
 redis.call('EXPIRE', KEYS[6], tonumber(ARGV[3]))
+-- A request with a webhook_url gets its delivery queued in the same atomic step as its end, so it
+-- cannot be lost between the two (see app/webhooks.py).
+if redis.call('HEXISTS', KEYS[1], 'webhook_url') == 1 then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[8], 'NX', tonumber(t[1]) + tonumber(t[2]) / 1000000, '0:' .. ARGV[1])
+  redis.call('RPUSH', KEYS[9], 1)
+  redis.call('LTRIM', KEYS[9], -64, -1)
+end
 return 'FAILED'
