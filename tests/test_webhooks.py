@@ -25,6 +25,7 @@ from PIL import Image
 from app.contract import Field, JobSpec, Keys, Status
 from app.errors import InvalidInput
 from app.fetch import is_public_address
+from app.lifecycle import Lifecycle, failed_fields, script_text
 from app.settings import Settings
 from app.webhooks import (
     ATTEMPTS,
@@ -207,6 +208,52 @@ def test_submission_accepts_public_hosts_without_dns(settings):
     private_off = settings.model_copy(update={"allow_private_urls": False})
     for url in ("https://hooks.example.com/x", "http://93.184.216.34/x", "https://no-such-host.invalid/x"):
         check_webhook_url(url, private_off)
+
+
+# --- the terminal transitions queue the delivery (Lua, real Redis) ---------------------------------
+
+
+def processing_record(client, keys: Keys, request_id: str, webhook: bool) -> None:
+    fields = {Field.STATUS: "PROCESSING", Field.WORKER: "w1", Field.ATTEMPTS: 2, Field.SPEC: "{}"}
+    if webhook:
+        fields[Field.WEBHOOK] = "http://127.0.0.1:9/hook"
+    client.hset(keys.request(request_id), mapping=fields)
+
+
+def test_reap_to_worker_lost_queues_the_delivery(settings, redis_client):
+    keys = Keys(settings.redis_prefix)
+    lifecycle = Lifecycle(keys, settings.result_ttl_s)
+    processing_record(redis_client, keys, "lost", webhook=True)
+    assert lifecycle.reap(redis_client, "lost", "w1", keys.queue_name("tiny")) == b"FAILED"
+    assert redis_client.zrange(keys.webhooks, 0, -1) == [b"0:lost"]
+    assert redis_client.llen(keys.webhook_wake) == 1
+
+
+def test_finish_queues_a_delivery_only_when_a_webhook_was_given(settings, redis_client):
+    keys = Keys(settings.redis_prefix)
+    lifecycle = Lifecycle(keys, settings.result_ttl_s)
+    processing_record(redis_client, keys, "plain", webhook=False)
+    processing_record(redis_client, keys, "hooked", webhook=True)
+    outputs = {"hooked-0.jpg": b"jpeg"}
+    assert lifecycle.finish(redis_client, "plain", "w1", failed_fields("x", 500)) == 1
+    assert redis_client.zcard(keys.webhooks) == 0
+    assert lifecycle.finish(redis_client, "hooked", "w1", failed_fields("x", 500), outputs) == 1
+    assert redis_client.zrange(keys.webhooks, 0, -1) == [b"0:hooked"]
+    assert redis_client.get(keys.output("hooked", "hooked-0.jpg")) == b"jpeg"  # outputs still stored
+
+
+def test_claim_takes_each_due_attempt_once_and_leases_the_next(settings, redis_client):
+    keys = Keys(settings.redis_prefix)
+    claim = redis_client.register_script(script_text("webhook_claim"))
+    now = float(redis_client.time()[0])
+    redis_client.zadd(keys.webhooks, {"0:a": now - 2, "5:b": now - 1, "0:c": now + 100})
+    claimed, wait = claim(keys=[keys.webhooks], args=[10, 15, ATTEMPTS])
+    assert claimed == [b"0:a", b"5:b"]
+    assert 13 < float(wait) <= 16  # next due: a's next attempt, after the lease
+    assert claim(keys=[keys.webhooks], args=[10, 15, ATTEMPTS])[0] == []  # nothing twice
+    scores = dict(redis_client.zrange(keys.webhooks, 0, -1, withscores=True))
+    assert set(scores) == {b"1:a", b"0:c"}  # b's attempt 6 was the last: no seventh scheduled
+    assert now + 13 < scores[b"1:a"] < now + 17
 
 
 # --- the deliverer against real Redis, in process ----------------------------------------------------
