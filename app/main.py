@@ -25,7 +25,7 @@ from app.routes import generation, health, requests
 from app.settings import Settings, SettingsError, load_settings
 from app.state import AppState
 from app.submission import Submitter
-from app.webhooks import Deliverer, HttpScopeMiddleware
+from app.webhooks import Deliverer
 
 log = logging.getLogger("sdxl.api")
 
@@ -109,5 +109,4 @@ def create_app(settings: Settings | None = None, models: ModelsConfig | None = N
     app.include_router(metrics.create_metrics_router(registry, lambda: state.aio, state.keys, models.names))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(metrics.RequestMetricsMiddleware, registry=registry)
-    app.add_middleware(HttpScopeMiddleware)  # the submission's base URL, kept for its webhook
     return app

@@ -24,7 +24,7 @@ from app.errors import Unavailable
 from app.images import PreparedImage, load_input_bytes, load_input_image
 from app.schema import GenerationParams
 from app.settings import Settings
-from app.webhooks import check_webhook_url, current_base_url
+from app.webhooks import check_webhook_url
 
 # A request that never starts still expires: its record and input image are not kept forever.
 PENDING_TTL_S = 24 * 3600
@@ -59,7 +59,10 @@ class Submitter:
             return await load_input_bytes(params.image, self.settings)
         return await load_input_image(params.image, self.settings)
 
-    async def submit(self, key: KeyRecord, params: GenerationParams, image: PreparedImage) -> Submitted:
+    async def submit(
+        self, key: KeyRecord, params: GenerationParams, image: PreparedImage, *, base_url: str
+    ) -> Submitted:
+        """`base_url`: the public base URL the request came in on (for its webhook's output URLs)."""
         request_id = str(uuid.uuid4())
         cost = params.samples * self.settings.credits_per_image
         spec = params.to_job_spec(
@@ -81,9 +84,7 @@ class Submitter:
             pending_ttl_s=PENDING_TTL_S,
         )
         try:
-            await anyio.to_thread.run_sync(
-                self._enqueue, spec, image.png, params.webhook_url, current_base_url(self.settings)
-            )
+            await anyio.to_thread.run_sync(self._enqueue, spec, image.png, params.webhook_url, base_url)
         except redis.RedisError:
             # Redis is down: the reservation and the half-written record expire with it.
             with contextlib.suppress(redis.RedisError):
@@ -91,7 +92,7 @@ class Submitter:
             raise Unavailable() from None
         return Submitted(spec=spec, key=key, remaining_credits=remaining)
 
-    def _enqueue(self, spec: JobSpec, png: bytes, webhook_url: str | None, base_url: str | None) -> None:
+    def _enqueue(self, spec: JobSpec, png: bytes, webhook_url: str | None, base_url: str) -> None:
         request_key = self.keys.request(spec.request_id)
         record = {
             Field.STATUS: Status.QUEUED.value,
@@ -104,7 +105,7 @@ class Submitter:
         if webhook_url:
             record[Field.WEBHOOK] = webhook_url
             # The webhook's body names absolute output URLs; the deliverer has no HTTP request at hand.
-            record[Field.BASE_URL] = base_url or ""
+            record[Field.BASE_URL] = base_url
         with self.sync.pipeline(transaction=True) as pipe:
             pipe.multi()  # explicit: rq then adds its commands to this same MULTI/EXEC
             pipe.hset(request_key, mapping=record)

@@ -28,7 +28,6 @@ import hmac
 import json
 import logging
 import ssl
-from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -37,8 +36,6 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 import redis
-from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.bodies import result_body
 from app.contract import Field, JobSpec, Keys, Status
@@ -112,37 +109,6 @@ def check_webhook_url(url: str, settings: Settings) -> None:
 def body_bytes(body: dict[str, Any]) -> bytes:
     # The same serialisation as the API's JSONResponse, so the bytes match GET /v2/requests/{id}.
     return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-
-
-# --- the request's public base URL, at submission --------------------------------------------------
-
-_current_scope: ContextVar[Scope | None] = ContextVar("sdxl_http_scope", default=None)
-
-
-class HttpScopeMiddleware:
-    """Makes the HTTP request being served known to the submission code (`current_base_url`),
-    which needs its public base URL only when a webhook is asked for."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        token = _current_scope.set(scope)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            _current_scope.reset(token)
-
-
-def current_base_url(settings: Settings) -> str | None:
-    """What app/routes/generation.py `public_base_url` gives for the request being served."""
-    if settings.public_url:
-        return settings.public_url.rstrip("/")
-    scope = _current_scope.get()
-    return str(Request(scope).base_url).rstrip("/") if scope is not None else None
 
 
 # --- one delivery ---------------------------------------------------------------------------------

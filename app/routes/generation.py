@@ -72,7 +72,7 @@ async def submit(request: Request, state: AppState) -> Submitted:
     )
     admission.check_model_allowed(key, params.base_model)
     image = await state.submitter.prepare(params)
-    return await state.submitter.submit(key, params, image)
+    return await state.submitter.submit(key, params, image, base_url=public_base_url(request, state))
 
 
 @router.post("/v2/{slug}", openapi_extra=BODY_DOC, responses=ERRORS, summary="Queue an img2img request")
