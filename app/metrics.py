@@ -62,6 +62,7 @@ HTTP_DURATION_BUCKETS: tuple[float, ...] = (
 QUEUE_TIME = "queue_time"
 INFERENCE_TIME = "inference_time"
 JOBS = "jobs"
+WEBHOOKS = "webhooks"  # hash outcome -> count, written by app/webhooks.py
 _SEP = "|"  # model names cannot contain ":" or "/"; "|" keeps fields readable in redis-cli
 UNMATCHED_ROUTE = "unmatched"  # every unknown path shares one label value: no cardinality blow-up
 # A scrape must answer even when Redis hangs: the fleet figures are given up after this long.
@@ -242,9 +243,10 @@ async def _read_fleet(client: redis.asyncio.Redis, keys: Keys, model_names: list
     pipe.hgetall(keys.metrics(QUEUE_TIME))
     pipe.hgetall(keys.metrics(INFERENCE_TIME))
     pipe.hgetall(keys.metrics(JOBS))
+    pipe.hgetall(keys.metrics(WEBHOOKS))
     results = await pipe.execute()
     depths = results[: len(model_names)]
-    queue_raw, inference_raw, jobs_raw = results[len(model_names) :]
+    queue_raw, inference_raw, jobs_raw, webhooks_raw = results[len(model_names) :]
 
     worker_keys = [k async for k in client.scan_iter(match=keys.worker_pattern, count=1000)]
     values = await client.mget(worker_keys) if worker_keys else []
@@ -306,6 +308,12 @@ async def _read_fleet(client: redis.asyncio.Redis, keys: Keys, model_names: list
         model, status = _split(field)
         jobs.add_metric([model, status], float(value))
     families.append(jobs)
+    webhooks = CounterMetricFamily(
+        "sdxl_webhooks", "Webhook delivery attempts, by outcome.", labels=["outcome"]
+    )
+    for field, value in sorted(webhooks_raw.items()):
+        webhooks.add_metric([field.decode() if isinstance(field, bytes) else field], float(value))
+    families.append(webhooks)
     return families
 
 

@@ -37,6 +37,7 @@ import anyio
 import httpx
 import redis
 
+from app import metrics
 from app.bodies import result_body
 from app.contract import Field, JobSpec, Keys, Status
 from app.errors import InvalidInput
@@ -283,7 +284,7 @@ class Deliverer:
                 )
             else:
                 await self.aio.zrem(self.keys.webhooks, next_member)
-            await self.aio.hincrby(self.keys.metrics("webhooks"), outcome.value, 1)
+            await self.aio.hincrby(self.keys.metrics(metrics.WEBHOOKS), outcome.value, 1)
         except redis.RedisError as exc:
             # The next attempt stays scheduled after its lease: a success may be sent once more.
             log.warning(

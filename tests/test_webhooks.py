@@ -37,6 +37,7 @@ from app.webhooks import (
     sign,
 )
 from tests.conftest import REDIS_URL
+from tests.faults import wait_until
 from tests.stack import make_stack, start_full_stack
 
 SLUG = "sdxl-img2img"
@@ -306,6 +307,9 @@ def test_completed_request_posts_the_result_body_signed(http, receiver):
     assert_signed(arrival)
     assert arrival.headers["x-request-id"] == request_id
     assert arrival.headers["content-type"] == "application/json"
+    # The outcome is counted after the POST returns: give the deliverer a moment.
+    metric = 'sdxl_webhooks_total{outcome="delivered"}'
+    wait_until(lambda: metric in http.get("/metrics").text, 10, "the delivery to be counted")
 
 
 def test_base64_request_posts_the_images_inline(http, receiver):
