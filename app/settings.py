@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # First webhook retry delay; each next one doubles (1, 2, 4, 8, 16 s by default).
     webhook_backoff_s: float = Field(1.0, gt=0, validation_alias=_env("SDXL_WEBHOOK_BACKOFF_S"))
     worker_models: str = Field("", validation_alias=_env("SDXL_WORKER_MODELS"))
+    # Most requests one worker runs together in one pipeline call (1: one at a time).
+    max_batch: int = Field(1, ge=1, validation_alias=_env("SDXL_MAX_BATCH"))
     device: Literal["auto", "cuda", "cpu"] = Field("auto", validation_alias=_env("SDXL_DEVICE"))
     max_resident_models: int = Field(2, ge=1, validation_alias=_env("SDXL_MAX_RESIDENT_MODELS"))
     cache_dir: str = Field("~/.cache/sdxl-img2img", validation_alias=_env("SDXL_CACHE_DIR"))

@@ -20,7 +20,7 @@ from PIL import Image
 from app import admission, metrics
 from app.contract import CANCELLED, Field, JobSpec, Keys, Status
 from app.lifecycle import Lifecycle, completed_fields, failed_fields
-from app.logging_setup import request_id_var
+from app.logging_setup import bind_request_id, request_id_var
 
 log = logging.getLogger("sdxl.worker")
 
@@ -36,6 +36,8 @@ class WorkerContext:
     # Requests this worker still holds (PROCESSING) whose job Redis failed under: the heartbeat
     # thread hands them back once Redis answers (app.reaper.hand_back).
     orphans: set[str] = field(default_factory=set)
+    # SDXL_MAX_BATCH; None: read from the settings at the first job (the service does not pass it).
+    max_batch: int | None = None
 
 
 _context: WorkerContext | None = None
@@ -69,80 +71,192 @@ def _run(ctx: WorkerContext, request_id: str) -> str:
         log.info("skipping request", extra={"reason": f"status is {outcome}"})
         return "skipped"
     ctx.current["request_id"] = request_id
+    held = [request_id]
     try:
-        with ctx.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(ctx.keys.request(request_id), Field.SPEC)
-            pipe.get(ctx.keys.input_image(request_id))
-            spec_json, image_bytes = pipe.execute()
-        spec = JobSpec.from_json(spec_json)
-        if image_bytes is None:
-            return _fail(ctx, spec, "input image expired before the request started", 500)
-        return _generate(ctx, spec, image_bytes)
+        [(spec, image_bytes)] = _load(ctx, [request_id])
+        companions = _claim(ctx, spec)
+        held += companions
+        jobs = [(spec, image_bytes), *_load(ctx, companions)]
+        outcomes: dict[str, str] = {}
+        ready: list[tuple[JobSpec, bytes]] = []
+        for job_spec, data in jobs:
+            if data is None:
+                outcomes[job_spec.request_id] = _fail(
+                    ctx, job_spec, "input image expired before the request started", 500
+                )
+            else:
+                ready.append((job_spec, data))
+        if ready:
+            outcomes.update(_generate(ctx, ready))
+        _forget_rq_jobs(ctx, companions)
+        return outcomes[request_id]
     except redis.RedisError:
-        # The request may still be PROCESSING in this worker's name, and the reaper leaves it alone
-        # while our heartbeat lives: hand it back once Redis answers, or it would stay stuck.
-        ctx.orphans.add(request_id)
+        # The requests may still be PROCESSING in this worker's name, and the reaper leaves them
+        # alone while our heartbeat lives: hand them back once Redis answers, or they would stay stuck.
+        ctx.orphans.update(held)
         raise
     finally:
         ctx.current.pop("request_id", None)
 
 
-def _generate(ctx: WorkerContext, spec: JobSpec, image_bytes: bytes) -> str:
+def _load(ctx: WorkerContext, request_ids: list[str]) -> list[tuple[JobSpec, bytes | None]]:
+    """Each request's spec and input image, in one round trip."""
+    with ctx.redis.pipeline(transaction=False) as pipe:
+        for request_id in request_ids:
+            pipe.hget(ctx.keys.request(request_id), Field.SPEC)
+            pipe.get(ctx.keys.input_image(request_id))
+        replies = pipe.execute()
+    return [(JobSpec.from_json(replies[i]), replies[i + 1]) for i in range(0, len(replies), 2)]
+
+
+def _claim(ctx: WorkerContext, spec: JobSpec) -> list[str]:
+    """With SDXL_MAX_BATCH > 1, the queued requests taken to run with `spec` (see worker/batching.py)."""
+    if _max_batch(ctx) <= 1:
+        return []
+    from worker.batching import claim, compatible_queued
+
+    candidates = compatible_queued(ctx.redis, ctx.keys, spec, _max_batch(ctx))
+    if not candidates:
+        return []
+    started_at = ctx.redis.hget(ctx.keys.request(spec.request_id), Field.STARTED_AT)
+    try:
+        companions = claim(ctx.redis, ctx.keys, ctx.worker_id, spec, candidates, started_at.decode())
+    except redis.RedisError:
+        # The claim may have happened with its reply lost: hand back any it took (the hand back
+        # leaves alone those it did not take).
+        ctx.orphans.update(candidates)
+        raise
+    if companions:
+        log.info("batch claimed", extra={"batch_size": 1 + len(companions), "companions": companions})
+    return companions
+
+
+def _max_batch(ctx: WorkerContext) -> int:
+    if ctx.max_batch is None:
+        # The worker service does not hand the setting over yet: read it once, as the service did.
+        from app.settings import load_settings
+
+        ctx.max_batch = load_settings().max_batch
+    return ctx.max_batch
+
+
+def _forget_rq_jobs(ctx: WorkerContext, request_ids: list[str]) -> None:
+    """RQ never ran the claimed requests' jobs, so it will not delete their hashes (result_ttl=0).
+
+    Only those of ended requests: one presumed lost meanwhile was queued again and runs on its job."""
+    from worker.batching import rq_job_key
+
+    if not request_ids:
+        return
+    with contextlib.suppress(redis.RedisError):
+        with ctx.redis.pipeline(transaction=False) as pipe:
+            for request_id in request_ids:
+                pipe.hget(ctx.keys.request(request_id), Field.STATUS)
+            statuses = pipe.execute()
+        ended = [
+            rq_job_key(request_id)
+            for request_id, status in zip(request_ids, statuses, strict=True)
+            if status is not None and Status(status.decode()).is_terminal()
+        ]
+        if ended:
+            ctx.redis.delete(*ended)
+
+
+class _Watch:
+    """Progress and cancel flags for every request of a batch: one round trip per step."""
+
+    def __init__(self, ctx: WorkerContext, specs: list[JobSpec]) -> None:
+        self.ctx = ctx
+        self.request_keys = [ctx.keys.request(spec.request_id) for spec in specs]
+        with ctx.redis.pipeline(transaction=False) as pipe:
+            for key in self.request_keys:
+                pipe.hexists(key, Field.CANCEL)
+            self.flags = [bool(flag) for flag in pipe.execute()]
+
+    def on_step(self, step: int, total: int) -> None:
+        with self.ctx.redis.pipeline(transaction=False) as pipe:
+            for key in self.request_keys:
+                pipe.hset(key, mapping={Field.STEP: step, Field.TOTAL: total})
+                pipe.hget(key, Field.CANCEL)
+            replies = pipe.execute()
+        self.flags = [cancel is not None for cancel in replies[1::2]]
+
+    def should_cancel(self) -> bool:
+        return any(self.flags)
+
+
+def _generate(ctx: WorkerContext, jobs: list[tuple[JobSpec, bytes]]) -> dict[str, str]:
+    """Runs `jobs` in one engine call and ends each request; {request id: outcome}.
+
+    A cancel of any request stops the call: the cancelled ones end FAILED "cancelled", the others
+    run again (still held by this worker). An engine error fails them all with its reason."""
     from worker.engine import GenerationRequest
     from worker.errors import JobCancelled, JobInputError, ModelLoadError
 
-    request_key = ctx.keys.request(spec.request_id)
-    # Read once here, then refreshed by each step's progress write: one round trip per step.
-    cancel_seen = bool(ctx.redis.hexists(request_key, Field.CANCEL))
+    batch = [
+        GenerationRequest(spec=spec, image=Image.open(io.BytesIO(data)).convert("RGB")) for spec, data in jobs
+    ]
+    outcomes: dict[str, str] = {}
 
-    def on_step(step: int, total: int) -> None:
-        nonlocal cancel_seen
-        # One round trip per step: publish progress and read the cancel flag together.
-        with ctx.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(request_key, mapping={Field.STEP: step, Field.TOTAL: total})
-            pipe.hget(request_key, Field.CANCEL)
-            _, cancel = pipe.execute()
-        cancel_seen = cancel is not None
+    def fail_all(error: str, error_status: int) -> dict[str, str]:
+        for job in batch:
+            outcomes[job.spec.request_id] = _fail(ctx, job.spec, error, error_status)
+        return outcomes
 
-    def should_cancel() -> bool:
-        return cancel_seen
+    while batch:
+        watch = _Watch(ctx, [job.spec for job in batch])
+        try:
+            results = ctx.engine.generate(batch, on_step=watch.on_step, should_cancel=watch.should_cancel)
+        except JobCancelled:
+            flags = watch.flags if any(watch.flags) else [True] * len(batch)
+            for job, cancelled in zip(batch, flags, strict=True):
+                if cancelled:
+                    outcomes[job.spec.request_id] = _fail(ctx, job.spec, CANCELLED, 500)
+            batch = [job for job, cancelled in zip(batch, flags, strict=True) if not cancelled]
+            if batch:
+                log.info("batch restarted without its cancelled requests", extra={"batch_size": len(batch)})
+            continue
+        except JobInputError as exc:
+            return fail_all(str(exc), 400)
+        except ModelLoadError as exc:
+            return fail_all(str(exc), 500)
+        except redis.RedisError:
+            raise  # Redis failed under the job: `_run` hands the requests back once Redis answers
+        except Exception as exc:
+            log.exception("generation failed")
+            return fail_all(f"generation failed: {type(exc).__name__}: {exc}", 500)
+        for job, result in zip(batch, results, strict=True):
+            outcomes[job.spec.request_id] = _complete(ctx, job.spec, result)
+        return outcomes
+    return outcomes
 
-    image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
-    try:
-        [result] = ctx.engine.generate(
-            [GenerationRequest(spec=spec, image=image)], on_step=on_step, should_cancel=should_cancel
-        )
-    except JobCancelled:
-        return _fail(ctx, spec, CANCELLED, 500)
-    except JobInputError as exc:
-        return _fail(ctx, spec, str(exc), 400)
-    except ModelLoadError as exc:
-        return _fail(ctx, spec, str(exc), 500)
-    except redis.RedisError:
-        raise  # Redis failed under the job: `_run` hands the request back once Redis answers
-    except Exception as exc:
-        log.exception("generation failed")
-        return _fail(ctx, spec, f"generation failed: {type(exc).__name__}: {exc}", 500)
 
+def _complete(ctx: WorkerContext, spec: JobSpec, result: Any) -> str:
     outputs = {spec.file_name(i): data for i, data in enumerate(result.images)}
     images = [
         {"file_name": name, "content_type": result.content_type, "file_size": len(data), "seed": seed}
         for (name, data), seed in zip(outputs.items(), result.seeds, strict=True)
     ]
     body = {"images": images, "seeds": result.seeds, "inference_time": result.inference_time}
-    held = ctx.lifecycle.finish(ctx.redis, spec.request_id, ctx.worker_id, completed_fields(body), outputs)
-    if held:
-        _record(ctx, spec, Status.COMPLETED, result.inference_time)
-        log.info("request completed", extra={"inference_time": round(result.inference_time, 4)})
+    with bind_request_id(spec.request_id):
+        held = ctx.lifecycle.finish(
+            ctx.redis, spec.request_id, ctx.worker_id, completed_fields(body), outputs
+        )
+        if held:
+            _record(ctx, spec, Status.COMPLETED, result.inference_time)
+            log.info("request completed", extra={"inference_time": round(result.inference_time, 4)})
     return "completed"
 
 
 def _fail(ctx: WorkerContext, spec: JobSpec, error: str, error_status: int) -> str:
-    held = ctx.lifecycle.finish(ctx.redis, spec.request_id, ctx.worker_id, failed_fields(error, error_status))
-    if held:
-        admission.refund_sync(ctx.redis, ctx.keys, spec.request_id)
-        _record(ctx, spec, Status.FAILED, None)
-        log.warning("request failed", extra={"error": error})
+    with bind_request_id(spec.request_id):
+        held = ctx.lifecycle.finish(
+            ctx.redis, spec.request_id, ctx.worker_id, failed_fields(error, error_status)
+        )
+        if held:
+            admission.refund_sync(ctx.redis, ctx.keys, spec.request_id)
+            _record(ctx, spec, Status.FAILED, None)
+            log.warning("request failed", extra={"error": error})
     return "failed"
 
 

@@ -1,0 +1,69 @@
+"""Batching (SDXL_MAX_BATCH > 1): the queued requests that may join the one a worker has just started.
+
+RQ hands a worker one job at a time; to run several in one pipeline call, the worker looks at the
+head of the same RQ queue for QUEUED requests the engine can run together (`batch_key`) and takes
+them in one Lua step (app/lua/claim.lua), which refuses any a cancel or another worker got first.
+Taken requests are PROCESSING in this worker's name and in the processing zset, exactly as after
+`start`, so the reaper treats each one individually if the worker dies. Their RQ job hashes stay
+(the reaper needs one to queue a request again) and are deleted once each request has ended.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from app.contract import Field, JobSpec, Keys, Status
+from app.lifecycle import script_text
+from worker.engine import batch_key
+
+# How far down the queue a worker looks for companions: bounded, so that one claim stays a short
+# Lua step whatever the queue's length.
+WINDOW = 32
+
+
+def compatible_queued(client: redis.Redis, keys: Keys, first: JobSpec, max_batch: int) -> list[str]:
+    """Up to `max_batch - 1` QUEUED requests near the head of `first`'s queue that can run with it."""
+    if max_batch <= 1:
+        return []
+    window = [raw.decode() for raw in client.lrange(keys.rq_queue_key(first.base_model), 0, WINDOW - 1)]
+    window = [request_id for request_id in window if request_id != first.request_id]
+    if not window:
+        return []
+    with client.pipeline(transaction=False) as pipe:
+        for request_id in window:
+            pipe.hmget(keys.request(request_id), [Field.STATUS, Field.SPEC])
+        records = pipe.execute()
+    wanted_key = batch_key(first)
+    wanted: list[str] = []
+    for request_id, (status, spec_json) in zip(window, records, strict=True):
+        # A spec never changes once written, so compatibility read here still holds inside the
+        # claim script; only the status can change, and the script checks it again.
+        compatible = spec_json is not None and batch_key(JobSpec.from_json(spec_json)) == wanted_key
+        if status == Status.QUEUED.value.encode() and compatible:
+            wanted.append(request_id)
+            if len(wanted) == max_batch - 1:
+                break
+    return wanted
+
+
+def claim(
+    client: redis.Redis, keys: Keys, worker_id: str, first: JobSpec, candidates: list[str], started_at: str
+) -> list[str]:
+    """Makes those of `candidates` still QUEUED and in `first`'s queue PROCESSING in `worker_id`'s
+    name, atomically; returns their ids. `started_at`: `first`'s start, which they share."""
+    if not candidates:
+        return []
+    taken = client.register_script(script_text("claim"))(
+        keys=[
+            keys.processing,
+            keys.rq_queue_key(first.base_model),
+            *[keys.request(request_id) for request_id in candidates],
+        ],
+        args=[worker_id, started_at, *candidates],
+    )
+    return [raw.decode() if isinstance(raw, bytes) else raw for raw in taken]
+
+
+def rq_job_key(request_id: str) -> str:
+    """RQ's hash for a job (rq job id == request id, see app/submission.py)."""
+    return f"rq:job:{request_id}"
