@@ -20,7 +20,7 @@ from PIL import Image
 
 from app.contract import Keys
 from tests import image_factory
-from tests.faults import request_fields, running_worker, slow_job, wait_until
+from tests.faults import JOB_LOST_S, kill_worker, request_fields, running_worker, slow_job, wait_until
 from tests.stack import Stack, make_stack
 
 pytestmark = pytest.mark.e2e
@@ -169,3 +169,26 @@ def test_batching_is_off_by_default():
     from app.settings import Settings
 
     assert Settings(_env_file=None).max_batch == 1
+
+
+def test_a_killed_worker_batch_is_reaped_request_by_request_and_runs_again():
+    stack = make_stack(SDXL_MAX_BATCH="4", SDXL_JOB_LOST_S=str(JOB_LOST_S))
+    try:
+        stack.start_api()
+        stack.start_worker()
+        key = stack.create_key(name="lost", credits=20)
+        bodies = [slow_job(128, steps=100) | {"seed": seed, "prompt": f"lost {seed}"} for seed in range(3)]
+        ids = queue_behind_blocker(stack, key, bodies)
+        lost = [running_worker(stack, rid, timeout=60) for rid in ids]
+        assert len(set(lost)) == 1
+        # Every claimed request is in the processing zset, where the reaper looks.
+        assert {m.decode() for m in stack.redis().zrange(stack.keys.processing, 0, -1)} >= set(ids)
+        kill_worker(stack, lost[0])
+        # (Not waiting for it to announce itself: the dead worker's heartbeat may still be counted.)
+        stack.start_worker(wait=False)
+        records = ended(stack, ids, timeout=120)
+        assert [r["status"] for r in records] == ["COMPLETED"] * 3
+        assert all(r["attempts"] == "2" and r["worker"] != lost[0] for r in records)
+        assert len({r["started_at"] for r in records}) == 1, "queued again, they batch again"
+    finally:
+        stack.stop()
