@@ -142,6 +142,7 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
         lifecycle=Lifecycle(keys, settings.result_ttl_s),
         redis=sync_client(settings),
         engine=engine,
+        max_batch=settings.max_batch,
     )
     install_context(context)
     heartbeat = Heartbeat(settings, context, model_names, engine_info=lambda: device_info(engine))

@@ -36,8 +36,7 @@ class WorkerContext:
     # Requests this worker still holds (PROCESSING) whose job Redis failed under: the heartbeat
     # thread hands them back once Redis answers (app.reaper.hand_back).
     orphans: set[str] = field(default_factory=set)
-    # SDXL_MAX_BATCH; None: read from the settings at the first job (the service does not pass it).
-    max_batch: int | None = None
+    max_batch: int = 1  # SDXL_MAX_BATCH: requests run together in one engine call (1: no batching)
 
 
 _context: WorkerContext | None = None
@@ -111,11 +110,11 @@ def _load(ctx: WorkerContext, request_ids: list[str]) -> list[tuple[JobSpec, byt
 
 def _claim(ctx: WorkerContext, spec: JobSpec) -> list[str]:
     """With SDXL_MAX_BATCH > 1, the queued requests taken to run with `spec` (see worker/batching.py)."""
-    if _max_batch(ctx) <= 1:
+    if ctx.max_batch <= 1:
         return []
     from worker.batching import claim, compatible_queued
 
-    candidates = compatible_queued(ctx.redis, ctx.keys, spec, _max_batch(ctx))
+    candidates = compatible_queued(ctx.redis, ctx.keys, spec, ctx.max_batch)
     if not candidates:
         return []
     started_at = ctx.redis.hget(ctx.keys.request(spec.request_id), Field.STARTED_AT)
@@ -129,15 +128,6 @@ def _claim(ctx: WorkerContext, spec: JobSpec) -> list[str]:
     if companions:
         log.info("batch claimed", extra={"batch_size": 1 + len(companions), "companions": companions})
     return companions
-
-
-def _max_batch(ctx: WorkerContext) -> int:
-    if ctx.max_batch is None:
-        # The worker service does not hand the setting over yet: read it once, as the service did.
-        from app.settings import load_settings
-
-        ctx.max_batch = load_settings().max_batch
-    return ctx.max_batch
 
 
 def _forget_rq_jobs(ctx: WorkerContext, request_ids: list[str]) -> None:
