@@ -22,7 +22,11 @@ MAX_ATTEMPTS = 2  # a request whose worker died runs once more, then fails "work
 
 @cache
 def script_text(name: str) -> str:
-    return resources.files("app.lua").joinpath(f"{name}.lua").read_text()
+    """A script's text; those that end a request get the shared `end_request` function in front."""
+    text = resources.files("app.lua").joinpath(f"{name}.lua").read_text()
+    if "end_request(" in text:
+        text = resources.files("app.lua").joinpath("_end_request.lua").read_text() + text
+    return text
 
 
 @dataclass(frozen=True)

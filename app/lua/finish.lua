@@ -15,17 +15,6 @@ for k = 7, #KEYS do
   redis.call('SET', KEYS[k], ARGV[first_output_value + k - 7], 'EX', ttl)
 end
 redis.call('HDEL', KEYS[1], 'cancel')
-redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[4])
-redis.call('RPUSH', KEYS[3], 1)
-redis.call('EXPIRE', KEYS[3], ttl)
--- A request with a webhook_url gets its delivery queued in the same atomic step as its end, so it
--- cannot be lost between the two (see app/webhooks.py).
-if redis.call('HEXISTS', KEYS[1], 'webhook_url') == 1 then
-  local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[5], 'NX', tonumber(t[1]) + tonumber(t[2]) / 1000000, '0:' .. ARGV[1])
-  redis.call('RPUSH', KEYS[6], 1)
-  redis.call('LTRIM', KEYS[6], -64, -1)
-end
+end_request(KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ttl)
 return 1

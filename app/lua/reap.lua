@@ -20,16 +20,5 @@ if attempts < tonumber(ARGV[4]) and redis.call('EXISTS', KEYS[5]) == 1
 end
 redis.call('HSET', KEYS[1], 'status', 'FAILED', 'error', ARGV[5], 'error_status', 500,
   'finished_at', ARGV[2])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-redis.call('DEL', KEYS[7])
-redis.call('RPUSH', KEYS[6], 1)
-redis.call('EXPIRE', KEYS[6], tonumber(ARGV[3]))
--- A request with a webhook_url gets its delivery queued in the same atomic step as its end, so it
--- cannot be lost between the two (see app/webhooks.py).
-if redis.call('HEXISTS', KEYS[1], 'webhook_url') == 1 then
-  local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[8], 'NX', tonumber(t[1]) + tonumber(t[2]) / 1000000, '0:' .. ARGV[1])
-  redis.call('RPUSH', KEYS[9], 1)
-  redis.call('LTRIM', KEYS[9], -64, -1)
-end
+end_request(KEYS[1], KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[1], tonumber(ARGV[3]))
 return 'FAILED'
