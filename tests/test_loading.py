@@ -230,3 +230,15 @@ def test_reading_the_resident_models_never_waits_for_a_load():
     release.set()
     loading.join(10)
     assert cache.resident() == ["tiny"] and cache.load_count("tiny") == 1
+
+
+def test_an_entry_dtype_reaches_every_component_and_still_generates(engine, saved_dir):
+    # The plumbing the GPU's fp16 relies on, checked on the CPU with bfloat16: every weight is loaded
+    # in the entry's dtype (also through the directory and vae paths), and a job still runs.
+    entry = ModelEntry(source=str(saved_dir), dtype="bfloat16", vae=str(saved_dir / "vae"))
+    half = Engine(engine_settings(), ModelsConfig(models={"half": entry}))
+    pipe = half.pipelines.get("half")
+    for component in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        assert {p.dtype for p in component.parameters()} == {torch.bfloat16}
+    result = generate_one(half, base_model="half", seed=7)
+    assert len(result.images) == 1 and result.images[0]
