@@ -6,6 +6,7 @@ Kept out of conftest.py (owned by the skeleton); test modules import the fixture
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +31,8 @@ def engine_settings(**overrides: object) -> Settings:
         "models_file": str(REPO_ROOT / "models.yaml"),
         "default_base_model": "tiny",
         "cache_dir": str(TEST_CACHE_DIR),
-        "device": "cpu",
+        # SDXL_DEVICE=cuda runs the engine tests on a GPU (a device check); the default is the CPU.
+        "device": os.environ.get("SDXL_DEVICE", "cpu"),
         "max_resident_models": 2,
     }
     values.update(overrides)
