@@ -100,6 +100,12 @@ class Keys:
         """Sorted set of PROCESSING request ids (score: start time), watched for lost workers."""
         return f"{self.prefix}:processing"
 
+    @property
+    def queued(self) -> str:
+        """Sorted set of request ids that were QUEUED when last seen (score: when last checked), for
+        finding one a worker popped and died with before starting it (app/reaper.py)."""
+        return f"{self.prefix}:queued"
+
     def worker(self, worker_id: str) -> str:
         """Heartbeat of one worker, with a TTL: gone means dead."""
         return f"{self.prefix}:worker:{worker_id}"

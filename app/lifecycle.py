@@ -41,7 +41,7 @@ class Lifecycle:
     def start(self, client: Any, request_id: str, worker_id: str) -> Any:
         """Returns "OK" when this worker now holds the request, else the status that prevented it."""
         return self._script(client, "start")(
-            keys=[self.keys.request(request_id), self.keys.processing],
+            keys=[self.keys.request(request_id), self.keys.processing, self.keys.queued],
             args=[request_id, worker_id, time.time()],
         )
 
@@ -84,8 +84,26 @@ class Lifecycle:
                 self.keys.input_image(request_id),
                 self.keys.webhooks,
                 self.keys.webhook_wake,
+                self.keys.queued,
             ],
             args=[request_id, time.time(), self.result_ttl_s, CANCELLED],
+        )
+
+    def strand(self, client: Any, request_id: str, queue_name: str) -> Any:
+        """ "GONE" (not QUEUED any more), "WAITING" (still in its queue), "REQUEUED" (was in no
+        queue: back at the front) or "FAILED" (its RQ job expired: worker lost, refund due)."""
+        return self._script(client, "strand")(
+            keys=[
+                self.keys.request(request_id),
+                f"rq:queue:{queue_name}",
+                f"rq:job:{request_id}",
+                self.keys.queued,
+                self.keys.done(request_id),
+                self.keys.input_image(request_id),
+                self.keys.webhooks,
+                self.keys.webhook_wake,
+            ],
+            args=[request_id, time.time(), self.result_ttl_s, WORKER_LOST],
         )
 
     def reap(
@@ -107,6 +125,7 @@ class Lifecycle:
                 self.keys.input_image(request_id),
                 self.keys.webhooks,
                 self.keys.webhook_wake,
+                self.keys.queued,
             ],
             args=[
                 request_id,

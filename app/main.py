@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -62,7 +63,15 @@ async def _background(state: AppState) -> None:
                     accounts.ensure_static_keys, state.sync, state.keys, state.settings.api_key_list
                 )
                 static_keys_done = True
-            await anyio.to_thread.run_sync(reap_lost_requests, state.sync, state.keys, state.lifecycle)
+            await anyio.to_thread.run_sync(
+                functools.partial(
+                    reap_lost_requests,
+                    state.sync,
+                    state.keys,
+                    state.lifecycle,
+                    stranded_after_s=state.settings.stranded_after_s,
+                )
+            )
         except redis.RedisError as exc:
             log.warning("background: Redis unavailable", extra={"error": str(exc)})
         await asyncio.sleep(state.settings.heartbeat_ttl_s / 3)

@@ -10,6 +10,7 @@ the same way (`hand_back`): nobody else would, since its heartbeat lives on.
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 
@@ -20,9 +21,12 @@ from app.lifecycle import Lifecycle
 log = logging.getLogger("sdxl.reaper")
 
 
-def reap_lost_requests(client: redis.Redis, keys: Keys, lifecycle: Lifecycle) -> dict[str, str]:
-    """One pass over the PROCESSING requests; returns {request_id: outcome} for those acted on."""
-    acted: dict[str, str] = {}
+def reap_lost_requests(
+    client: redis.Redis, keys: Keys, lifecycle: Lifecycle, *, stranded_after_s: float
+) -> dict[str, str]:
+    """One pass over the PROCESSING requests whose worker is dead and the QUEUED requests unchecked
+    for `stranded_after_s`; returns {request_id: outcome} for those acted on."""
+    acted = requeue_stranded(client, keys, lifecycle, older_than_s=stranded_after_s)
     for raw_id in client.zrange(keys.processing, 0, -1):
         request_id = raw_id.decode()
         worker_id, spec_json = client.hmget(keys.request(request_id), [Field.WORKER, Field.SPEC])
@@ -33,6 +37,26 @@ def reap_lost_requests(client: redis.Redis, keys: Keys, lifecycle: Lifecycle) ->
             continue
         acted[request_id] = outcome
         _settle(client, keys, request_id, base_model, outcome)
+    return acted
+
+
+def requeue_stranded(
+    client: redis.Redis, keys: Keys, lifecycle: Lifecycle, *, older_than_s: float, limit: int = 500
+) -> dict[str, str]:
+    """QUEUED requests in no queue (popped by a worker that died before starting them) go back to
+    the front of their queue. Each QUEUED request is checked once per `older_than_s`; a live worker
+    starts what it pops within milliseconds, and a request started twice is refused by `start`."""
+    acted: dict[str, str] = {}
+    due = client.zrangebyscore(keys.queued, "-inf", time.time() - older_than_s, start=0, num=limit)
+    for raw_id in due:
+        request_id = raw_id.decode()
+        spec_json = client.hget(keys.request(request_id), Field.SPEC)
+        base_model = JobSpec.from_json(spec_json).base_model if spec_json else ""
+        outcome = lifecycle.strand(client, request_id, keys.queue_name(base_model))
+        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+        if outcome in ("REQUEUED", "FAILED"):
+            acted[request_id] = outcome
+            _settle(client, keys, request_id, base_model, outcome)
     return acted
 
 

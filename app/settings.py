@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         """How long a worker's heartbeat lives: a dead worker is noticed well within job_lost_s."""
         return max(1.0, min(15.0, self.job_lost_s / 4))
 
+    @property
+    def stranded_after_s(self) -> float:
+        """A QUEUED request found in no queue this long after it was last seen waiting goes back to
+        its queue (its worker died between popping it and starting it)."""
+        return 2 * self.heartbeat_ttl_s
+
 
 class SettingsError(SystemExit):
     """Raised at start when a setting is invalid; the message names the variable."""

@@ -111,6 +111,7 @@ class Submitter:
             pipe.hset(request_key, mapping=record)
             pipe.expire(request_key, PENDING_TTL_S)
             pipe.set(spec.input_key, png, ex=PENDING_TTL_S)
+            pipe.zadd(self.keys.queued, {spec.request_id: spec.created_at})
             self._queues[spec.base_model].enqueue_call(
                 JOB_FUNCTION,
                 args=(spec.request_id,),

@@ -57,6 +57,7 @@ def claim(
         keys=[
             keys.processing,
             keys.rq_queue_key(first.base_model),
+            keys.queued,
             *[keys.request(request_id) for request_id in candidates],
         ],
         args=[worker_id, started_at, *candidates],

@@ -81,7 +81,12 @@ class Heartbeat(threading.Thread):
             try:
                 self.beat()
                 self.hand_back_orphans()
-                reap_lost_requests(self.client, self.context.keys, self.context.lifecycle)
+                reap_lost_requests(
+                    self.client,
+                    self.context.keys,
+                    self.context.lifecycle,
+                    stranded_after_s=self.settings.stranded_after_s,
+                )
             except redis.RedisError as exc:
                 log.warning("heartbeat: Redis unavailable", extra={"error": str(exc)})
 
