@@ -156,9 +156,11 @@ def failed_fields(error: str, error_status: int) -> dict[str, Any]:
     }
 
 
+def as_text(value: Any) -> Any:
+    """A script's reply as text (redis-py gives bytes unless the client decodes responses)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
     """Redis returns bytes; the request hash holds only text fields."""
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
+    return {as_text(k): as_text(v) for k, v in raw.items()}

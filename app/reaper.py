@@ -16,7 +16,7 @@ import redis
 
 from app import admission, metrics
 from app.contract import Field, JobSpec, Keys, Status
-from app.lifecycle import Lifecycle
+from app.lifecycle import Lifecycle, as_text
 
 log = logging.getLogger("sdxl.reaper")
 
@@ -30,9 +30,10 @@ def reap_lost_requests(
     for raw_id in client.zrange(keys.processing, 0, -1):
         request_id = raw_id.decode()
         worker_id, spec_json = client.hmget(keys.request(request_id), [Field.WORKER, Field.SPEC])
-        base_model = JobSpec.from_json(spec_json).base_model if spec_json else ""
-        outcome = lifecycle.reap(client, request_id, (worker_id or b"").decode(), keys.queue_name(base_model))
-        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+        base_model = _base_model(spec_json)
+        outcome = as_text(
+            lifecycle.reap(client, request_id, (worker_id or b"").decode(), keys.queue_name(base_model))
+        )
         if outcome == "ALIVE":
             continue
         acted[request_id] = outcome
@@ -50,10 +51,8 @@ def requeue_stranded(
     due = client.zrangebyscore(keys.queued, "-inf", time.time() - older_than_s, start=0, num=limit)
     for raw_id in due:
         request_id = raw_id.decode()
-        spec_json = client.hget(keys.request(request_id), Field.SPEC)
-        base_model = JobSpec.from_json(spec_json).base_model if spec_json else ""
-        outcome = lifecycle.strand(client, request_id, keys.queue_name(base_model))
-        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+        base_model = _base_model(client.hget(keys.request(request_id), Field.SPEC))
+        outcome = as_text(lifecycle.strand(client, request_id, keys.queue_name(base_model)))
         if outcome in ("REQUEUED", "FAILED"):
             acted[request_id] = outcome
             _settle(client, keys, request_id, base_model, outcome)
@@ -64,10 +63,10 @@ def hand_back(client: redis.Redis, keys: Keys, lifecycle: Lifecycle, request_id:
     """A live worker gives up a request it holds (Redis failed under the job, so the job could not
     end it): it runs once more, or ends FAILED "worker lost" with its credits back, as if the worker
     had died. "GONE" when the request had ended after all; "ALIVE" when another worker holds it."""
-    spec_json = client.hget(keys.request(request_id), Field.SPEC)
-    base_model = JobSpec.from_json(spec_json).base_model if spec_json else ""
-    outcome = lifecycle.reap(client, request_id, worker_id, keys.queue_name(base_model), hand_back=True)
-    outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+    base_model = _base_model(client.hget(keys.request(request_id), Field.SPEC))
+    outcome = as_text(
+        lifecycle.reap(client, request_id, worker_id, keys.queue_name(base_model), hand_back=True)
+    )
     _settle(client, keys, request_id, base_model, outcome)
     if (
         outcome == "GONE"
@@ -76,6 +75,11 @@ def hand_back(client: redis.Redis, keys: Keys, lifecycle: Lifecycle, request_id:
         # The job ended it FAILED but Redis failed before the refund: refunds happen exactly once.
         admission.refund_sync(client, keys, request_id)
     return outcome
+
+
+def _base_model(spec_json: bytes | None) -> str:
+    """The request's base model (its queue); "" when the record has expired."""
+    return JobSpec.from_json(spec_json).base_model if spec_json else ""
 
 
 def _settle(client: redis.Redis, keys: Keys, request_id: str, base_model: str, outcome: str) -> None:

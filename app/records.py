@@ -10,7 +10,7 @@ from app import admission
 from app.accounts import KeyRecord
 from app.contract import Field, JobSpec, Keys, Status
 from app.errors import Conflict, NotFound
-from app.lifecycle import Lifecycle, decode_hash
+from app.lifecycle import Lifecycle, as_text, decode_hash
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Records:
         outcome = await self.lifecycle.cancel(
             self.aio, record.request_id, self.keys.queue_name(record.spec.base_model)
         )
-        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+        outcome = as_text(outcome)
         if outcome == "MISSING":
             raise not_found(record.request_id)
         if outcome == "FINISHED":

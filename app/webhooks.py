@@ -49,7 +49,7 @@ from app.fetch import (
     is_public_address,
     parse_ip_host,
 )
-from app.lifecycle import decode_hash, script_text
+from app.lifecycle import as_text, decode_hash, script_text
 from app.records import RequestRecord
 from app.redis_clients import BLOCKING_SLICE_S
 from app.settings import Settings
@@ -87,7 +87,7 @@ def member(attempt: int, request_id: str) -> str:
 
 
 def parse_member(value: str | bytes) -> tuple[int, str]:
-    text = value.decode() if isinstance(value, bytes) else value
+    text = as_text(value)
     attempt, _, request_id = text.partition(":")
     return int(attempt), request_id
 

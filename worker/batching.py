@@ -13,7 +13,7 @@ from __future__ import annotations
 import redis
 
 from app.contract import Field, JobSpec, Keys, Status
-from app.lifecycle import script_text
+from app.lifecycle import as_text, script_text
 from worker.engine import batch_key
 
 # How far down the queue a worker looks for companions: bounded, so that one claim stays a short
@@ -62,7 +62,7 @@ def claim(
         ],
         args=[worker_id, started_at, *candidates],
     )
-    return [raw.decode() if isinstance(raw, bytes) else raw for raw in taken]
+    return [as_text(raw) for raw in taken]
 
 
 def rq_job_key(request_id: str) -> str:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from app import admission, metrics
 from app.contract import CANCELLED, Field, JobSpec, Keys, Status
-from app.lifecycle import Lifecycle, completed_fields, failed_fields
+from app.lifecycle import Lifecycle, as_text, completed_fields, failed_fields
 from app.logging_setup import bind_request_id, request_id_var
 
 log = logging.getLogger("sdxl.worker")
@@ -65,7 +65,7 @@ def _run(ctx: WorkerContext, request_id: str) -> str:
     except redis.RedisError:
         ctx.orphans.add(request_id)
         raise
-    outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+    outcome = as_text(outcome)
     if outcome != "OK":
         log.info("skipping request", extra={"reason": f"status is {outcome}"})
         return "skipped"
