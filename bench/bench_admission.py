@@ -20,11 +20,11 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
-from app import accounts
-from app.admission import authenticate, reserve
-from app.contract import Keys
-from app.models_config import load_models_config
-from app.settings import Settings, load_settings
+from app.core import api_keys
+from app.core.admission import authenticate, reserve
+from app.core.models_config import load_models_config
+from app.core.redis_keys import RedisKeys
+from app.core.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,11 +47,11 @@ def summary(name: str, samples: list[float]) -> str:
 
 
 async def run(settings: Settings, calls: int) -> list[str]:
-    keys = Keys(settings.redis_prefix)
+    keys = RedisKeys(settings.redis_prefix)
     sync = redis.Redis.from_url(settings.redis_url)
     # Worst realistic case: a balance, a rate limit (its sorted-set log) and a model list.
-    metered, _ = accounts.create_key(sync, keys, name="bench", credits=10**12, rpm=10**9, models=["tiny"])
-    unlimited, _ = accounts.create_key(sync, keys, name="bench-unlimited")
+    metered, _ = api_keys.create_key(sync, keys, name="bench", credits=10**12, rpm=10**9, models=["tiny"])
+    unlimited, _ = api_keys.create_key(sync, keys, name="bench-unlimited")
     sync.close()
     models_file = Path(settings.models_file)
     if not models_file.is_absolute():

@@ -27,9 +27,9 @@ def main() -> None:
     started = time.perf_counter()
     import torch
 
-    from app.contract import JobSpec
-    from app.models_config import ModelEntry, ModelsConfig
-    from app.settings import Settings
+    from app.core.job_spec import JobSpec
+    from app.core.models_config import ModelEntry, ModelsConfig
+    from app.core.settings import Settings
     from tests.engine_fixtures import input_image
     from worker.engine import Engine, GenerationRequest
     from worker.tiny import ensure_tiny

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("SDXL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

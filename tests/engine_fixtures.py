@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.contract import JobSpec
-from app.models_config import ModelEntry, ModelsConfig
-from app.settings import Settings
+from app.core.job_spec import JobSpec
+from app.core.models_config import ModelEntry, ModelsConfig
+from app.core.settings import Settings
 from tests.conftest import REPO_ROOT, TEST_CACHE_DIR
 
 SIZE = 64

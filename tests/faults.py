@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app import accounts
-from app.settings import Settings
+from app.core import api_keys
+from app.core.settings import Settings
 from tests import image_factory
 from tests.stack import Stack
 
@@ -86,4 +86,4 @@ def kill_worker(stack: Stack, worker_id: str) -> float:
 
 
 def balance(stack: Stack, key: str) -> int | None:
-    return accounts.get_key(stack.redis(), stack.keys, key).credits
+    return api_keys.get_key(stack.redis(), stack.keys, key).credits

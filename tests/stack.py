@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from app import accounts
-from app.contract import Keys
+from app.core import api_keys
+from app.core.redis_keys import RedisKeys
 from tests.conftest import REDIS_URL, REPO_ROOT, TEST_CACHE_DIR
 
 LOG_DIR = REPO_ROOT / ".cache" / "test-logs"
@@ -42,8 +42,8 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def keys(self) -> Keys:
-        return Keys(self.prefix)
+    def keys(self) -> RedisKeys:
+        return RedisKeys(self.prefix)
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.env["REDIS_URL"])
@@ -96,7 +96,7 @@ class Stack:
         raise TimeoutError(f"timed out waiting for {what}")
 
     def create_key(self, **options) -> str:
-        key, _ = accounts.create_key(self.redis(), self.keys, name=options.pop("name", "test"), **options)
+        key, _ = api_keys.create_key(self.redis(), self.keys, name=options.pop("name", "test"), **options)
         return key
 
     def stop(self) -> None:

@@ -11,25 +11,25 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app import accounts, admission
-from app.accounts import KeyRecord
-from app.contract import Keys
-from app.errors import InvalidInput, NotFound, Unauthorized
-from app.settings import Settings
+from app.core import admission, api_keys
+from app.core.api_keys import ApiKey
+from app.core.errors import InvalidInput, NotFound, Unauthorized
+from app.core.redis_keys import RedisKeys
+from app.core.settings import Settings
 
 
 @pytest.fixture
-def keys(redis_prefix: str) -> Keys:
-    return Keys(redis_prefix)
+def keys(redis_prefix: str) -> RedisKeys:
+    return RedisKeys(redis_prefix)
 
 
 def test_create_key_returns_a_fresh_secret_and_stores_the_record(
-    redis_client: redis.Redis, keys: Keys
+    redis_client: redis.Redis, keys: RedisKeys
 ) -> None:
-    key, record = accounts.create_key(
+    key, record = api_keys.create_key(
         redis_client, keys, name="alice", credits=5, rpm=10, models=["tiny", "juggernaut"]
     )
-    other, _ = accounts.create_key(redis_client, keys, name="bob")
+    other, _ = api_keys.create_key(redis_client, keys, name="bob")
 
     assert re.fullmatch(r"sk-sdxl-[A-Za-z0-9_\-]{43}", key)
     assert key != other
@@ -42,78 +42,80 @@ def test_create_key_returns_a_fresh_secret_and_stores_the_record(
         False,
     )
     # Stored under the hash of the key, found again by id and by clear key.
-    assert redis_client.exists(keys.api_key(accounts.hash_key(key)))
-    assert accounts.get_key(redis_client, keys, record.id) == record
-    assert accounts.get_key(redis_client, keys, key) == record
+    assert redis_client.exists(keys.api_key(api_keys.hash_key(key)))
+    assert api_keys.get_key(redis_client, keys, record.id) == record
+    assert api_keys.get_key(redis_client, keys, key) == record
 
 
-def test_unlimited_fields_are_absent_in_redis(redis_client: redis.Redis, keys: Keys) -> None:
-    key, record = accounts.create_key(redis_client, keys, name="open")
-    stored = redis_client.hgetall(keys.api_key(accounts.hash_key(key)))
+def test_unlimited_fields_are_absent_in_redis(redis_client: redis.Redis, keys: RedisKeys) -> None:
+    key, record = api_keys.create_key(redis_client, keys, name="open")
+    stored = redis_client.hgetall(keys.api_key(api_keys.hash_key(key)))
     assert b"credits" not in stored and b"rpm" not in stored and b"models" not in stored
     assert (record.credits, record.rpm, record.models) == (None, None, None)
 
 
-def test_list_keys_oldest_first(redis_client: redis.Redis, keys: Keys) -> None:
-    created = [accounts.create_key(redis_client, keys, name=f"k{i}")[1] for i in range(3)]
-    assert [rec.id for rec in accounts.list_keys(redis_client, keys)] == [rec.id for rec in created]
+def test_list_keys_oldest_first(redis_client: redis.Redis, keys: RedisKeys) -> None:
+    created = [api_keys.create_key(redis_client, keys, name=f"k{i}")[1] for i in range(3)]
+    assert [rec.id for rec in api_keys.list_keys(redis_client, keys)] == [rec.id for rec in created]
 
 
-def test_create_key_refuses_an_existing_key_and_bad_values(redis_client: redis.Redis, keys: Keys) -> None:
-    accounts.create_key(redis_client, keys, name="a", key="my-own-key", credits=3)
+def test_create_key_refuses_an_existing_key_and_bad_values(
+    redis_client: redis.Redis, keys: RedisKeys
+) -> None:
+    api_keys.create_key(redis_client, keys, name="a", key="my-own-key", credits=3)
     with pytest.raises(InvalidInput, match="already exists"):
-        accounts.create_key(redis_client, keys, name="b", key="my-own-key")
+        api_keys.create_key(redis_client, keys, name="b", key="my-own-key")
     # The first key's balance survived the attempt.
-    assert accounts.get_key(redis_client, keys, "my-own-key").credits == 3
+    assert api_keys.get_key(redis_client, keys, "my-own-key").credits == 3
     with pytest.raises(InvalidInput, match="rpm"):
-        accounts.create_key(redis_client, keys, name="x", rpm=0)
+        api_keys.create_key(redis_client, keys, name="x", rpm=0)
     with pytest.raises(InvalidInput, match="credits"):
-        accounts.create_key(redis_client, keys, name="x", credits=-1)
+        api_keys.create_key(redis_client, keys, name="x", credits=-1)
     with pytest.raises(InvalidInput, match="name"):
-        accounts.create_key(redis_client, keys, name="  ")
-    assert len(accounts.list_keys(redis_client, keys)) == 1
+        api_keys.create_key(redis_client, keys, name="  ")
+    assert len(api_keys.list_keys(redis_client, keys)) == 1
 
 
-def test_add_credits(redis_client: redis.Redis, keys: Keys) -> None:
-    key, record = accounts.create_key(redis_client, keys, name="a", credits=2)
-    assert accounts.add_credits(redis_client, keys, record.id, 5).credits == 7
-    assert accounts.add_credits(redis_client, keys, key, 1).credits == 8
+def test_add_credits(redis_client: redis.Redis, keys: RedisKeys) -> None:
+    key, record = api_keys.create_key(redis_client, keys, name="a", credits=2)
+    assert api_keys.add_credits(redis_client, keys, record.id, 5).credits == 7
+    assert api_keys.add_credits(redis_client, keys, key, 1).credits == 8
     with pytest.raises(InvalidInput, match="1 or more"):
-        accounts.add_credits(redis_client, keys, record.id, 0)
-    _, unlimited = accounts.create_key(redis_client, keys, name="u")
+        api_keys.add_credits(redis_client, keys, record.id, 0)
+    _, unlimited = api_keys.create_key(redis_client, keys, name="u")
     with pytest.raises(InvalidInput, match="unlimited"):
-        accounts.add_credits(redis_client, keys, unlimited.id, 5)
-    assert accounts.get_key(redis_client, keys, unlimited.id).credits is None
+        api_keys.add_credits(redis_client, keys, unlimited.id, 5)
+    assert api_keys.get_key(redis_client, keys, unlimited.id).credits is None
     with pytest.raises(NotFound):
-        accounts.add_credits(redis_client, keys, "key_00000000", 5)
+        api_keys.add_credits(redis_client, keys, "key_00000000", 5)
 
 
-def test_revoke_marks_disabled_and_unknown_is_not_found(redis_client: redis.Redis, keys: Keys) -> None:
-    _, record = accounts.create_key(redis_client, keys, name="a")
-    revoked = accounts.revoke_key(redis_client, keys, record.id)
+def test_revoke_marks_disabled_and_unknown_is_not_found(redis_client: redis.Redis, keys: RedisKeys) -> None:
+    _, record = api_keys.create_key(redis_client, keys, name="a")
+    revoked = api_keys.revoke_key(redis_client, keys, record.id)
     assert revoked.disabled and revoked.id == record.id
-    assert [rec.disabled for rec in accounts.list_keys(redis_client, keys)] == [True]
-    key2, _ = accounts.create_key(redis_client, keys, name="b")
-    assert accounts.revoke_key(redis_client, keys, key2).disabled  # by clear key too
+    assert [rec.disabled for rec in api_keys.list_keys(redis_client, keys)] == [True]
+    key2, _ = api_keys.create_key(redis_client, keys, name="b")
+    assert api_keys.revoke_key(redis_client, keys, key2).disabled  # by clear key too
     with pytest.raises(NotFound) as caught:
-        accounts.revoke_key(redis_client, keys, "sk-sdxl-not-a-real-key-0123456789")
+        api_keys.revoke_key(redis_client, keys, "sk-sdxl-not-a-real-key-0123456789")
     assert "not-a-real-key-0123456789" not in caught.value.message  # a secret is not echoed whole
 
 
 def test_ensure_static_keys_is_idempotent_and_keeps_revocations(
-    redis_client: redis.Redis, keys: Keys, settings: Settings
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
-    accounts.ensure_static_keys(redis_client, keys, ["static-one", "static-two", " "])
-    accounts.ensure_static_keys(redis_client, keys, ["static-one", "static-two"])
-    records = accounts.list_keys(redis_client, keys)
+    api_keys.ensure_static_keys(redis_client, keys, ["static-one", "static-two", " "])
+    api_keys.ensure_static_keys(redis_client, keys, ["static-one", "static-two"])
+    records = api_keys.list_keys(redis_client, keys)
     assert len(records) == 2
     assert all(rec.credits is None and rec.rpm is None and rec.models is None for rec in records)
 
-    accounts.revoke_key(redis_client, keys, "static-one")
-    accounts.ensure_static_keys(redis_client, keys, ["static-one", "static-two"])
-    assert accounts.get_key(redis_client, keys, "static-one").disabled
+    api_keys.revoke_key(redis_client, keys, "static-one")
+    api_keys.ensure_static_keys(redis_client, keys, ["static-one", "static-two"])
+    assert api_keys.get_key(redis_client, keys, "static-one").disabled
 
-    async def check() -> KeyRecord:
+    async def check() -> ApiKey:
         r = aioredis.Redis.from_url(settings.redis_url)
         try:
             with pytest.raises(Unauthorized):
@@ -148,14 +150,14 @@ def _everything_stored(client: redis.Redis, prefix: str) -> list[bytes]:
 
 
 def test_clear_key_appears_nowhere_in_redis(
-    redis_client: redis.Redis, keys: Keys, settings: Settings
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
-    limited, limited_rec = accounts.create_key(
+    limited, limited_rec = api_keys.create_key(
         redis_client, keys, name="a", credits=5, rpm=10, models=["tiny"]
     )
-    unlimited, _ = accounts.create_key(redis_client, keys, name="b")
-    accounts.ensure_static_keys(redis_client, keys, ["static-secret-value"])
-    accounts.add_credits(redis_client, keys, limited, 1)
+    unlimited, _ = api_keys.create_key(redis_client, keys, name="b")
+    api_keys.ensure_static_keys(redis_client, keys, ["static-secret-value"])
+    api_keys.add_credits(redis_client, keys, limited, 1)
     request_id = str(uuid.uuid4())
 
     async def use_keys() -> None:

@@ -15,8 +15,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app import accounts
-from app.admission import (
+from app.core import api_keys
+from app.core.admission import (
     ANONYMOUS,
     QueueFull,
     authenticate,
@@ -26,14 +26,14 @@ from app.admission import (
     refund_sync,
     reserve,
 )
-from app.contract import Field, Keys
-from app.errors import Conflict, Forbidden, InsufficientCredits, MissingKey, RateLimited, Unauthorized
-from app.settings import Settings
+from app.core.errors import Conflict, Forbidden, InsufficientCredits, MissingKey, RateLimited, Unauthorized
+from app.core.redis_keys import RedisKeys, RequestField
+from app.core.settings import Settings
 
 
 @pytest.fixture
-def keys(redis_prefix: str) -> Keys:
-    return Keys(redis_prefix)
+def keys(redis_prefix: str) -> RedisKeys:
+    return RedisKeys(redis_prefix)
 
 
 def with_redis(settings: Settings, body: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
@@ -71,8 +71,10 @@ def test_parse_api_key_accepts_header_and_bearer() -> None:
 # --- authenticate --------------------------------------------------------------------------
 
 
-def test_missing_unknown_and_revoked_keys(redis_client: redis.Redis, keys: Keys, settings: Settings) -> None:
-    key, record = accounts.create_key(redis_client, keys, name="a")
+def test_missing_unknown_and_revoked_keys(
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
+) -> None:
+    key, record = api_keys.create_key(redis_client, keys, name="a")
 
     async def body(r: aioredis.Redis) -> None:
         for missing in (None, "", "  "):
@@ -88,7 +90,7 @@ def test_missing_unknown_and_revoked_keys(redis_client: redis.Redis, keys: Keys,
         bearer = parse_api_key({"Authorization": f"Bearer {key}"})
         assert (await authenticate(r, keys, settings, bearer)).id == record.id
 
-        accounts.revoke_key(redis_client, keys, record.id)
+        api_keys.revoke_key(redis_client, keys, record.id)
         with pytest.raises(Unauthorized) as caught:
             await authenticate(r, keys, settings, key)
         assert caught.value.message == "Unauthorized. API key is invalid or may have expired"
@@ -99,14 +101,14 @@ def test_missing_unknown_and_revoked_keys(redis_client: redis.Redis, keys: Keys,
 
 
 def test_authenticate_returns_the_full_record(
-    redis_client: redis.Redis, keys: Keys, settings: Settings
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
-    key, record = accounts.create_key(redis_client, keys, name="a", credits=4, rpm=9, models=["tiny"])
+    key, record = api_keys.create_key(redis_client, keys, name="a", credits=4, rpm=9, models=["tiny"])
     got = with_redis(settings, lambda r: authenticate(r, keys, settings, key))
     assert got == record
 
 
-def test_auth_disabled_gives_anonymous_without_a_key(settings: Settings, keys: Keys) -> None:
+def test_auth_disabled_gives_anonymous_without_a_key(settings: Settings, keys: RedisKeys) -> None:
     open_settings = settings.model_copy(update={"auth": "disabled"})
     assert with_redis(open_settings, lambda r: authenticate(r, keys, open_settings, None)) is ANONYMOUS
     assert (ANONYMOUS.credits, ANONYMOUS.rpm, ANONYMOUS.models) == (None, None, None)
@@ -116,9 +118,9 @@ def test_auth_disabled_gives_anonymous_without_a_key(settings: Settings, keys: K
 
 
 def test_rate_limit_refuses_the_fourth_submission_with_headers(
-    redis_client: redis.Redis, keys: Keys, settings: Settings
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
-    key, record = accounts.create_key(redis_client, keys, name="a", rpm=3)
+    key, record = api_keys.create_key(redis_client, keys, name="a", rpm=3)
 
     async def body(r: aioredis.Redis) -> RateLimited:
         for _ in range(3):
@@ -142,9 +144,9 @@ def test_rate_limit_refuses_the_fourth_submission_with_headers(
     assert redis_client.zcard(keys.rate(record.id)) == 3
 
 
-def test_rate_window_slides(redis_client: redis.Redis, keys: Keys, settings: Settings) -> None:
+def test_rate_window_slides(redis_client: redis.Redis, keys: RedisKeys, settings: Settings) -> None:
     """rpm=2 over a 2 s window: a slot frees when the oldest entry leaves, not all at once."""
-    key, _ = accounts.create_key(redis_client, keys, name="a", rpm=2)
+    key, _ = api_keys.create_key(redis_client, keys, name="a", rpm=2)
 
     async def body(r: aioredis.Redis) -> list[bool]:
         async def attempt() -> bool:
@@ -166,8 +168,10 @@ def test_rate_window_slides(redis_client: redis.Redis, keys: Keys, settings: Set
     assert with_redis(settings, body) == [True, True, False, True, False]
 
 
-def test_unlimited_rpm_is_never_limited(redis_client: redis.Redis, keys: Keys, settings: Settings) -> None:
-    key, record = accounts.create_key(redis_client, keys, name="a")
+def test_unlimited_rpm_is_never_limited(
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
+) -> None:
+    key, record = api_keys.create_key(redis_client, keys, name="a")
 
     async def body(r: aioredis.Redis) -> None:
         for _ in range(50):
@@ -180,15 +184,15 @@ def test_unlimited_rpm_is_never_limited(redis_client: redis.Redis, keys: Keys, s
 # --- model permissions ---------------------------------------------------------------------
 
 
-def test_model_permissions(redis_client: redis.Redis, keys: Keys) -> None:
-    _, limited = accounts.create_key(redis_client, keys, name="a", models=["tiny", "realvis"])
+def test_model_permissions(redis_client: redis.Redis, keys: RedisKeys) -> None:
+    _, limited = api_keys.create_key(redis_client, keys, name="a", models=["tiny", "realvis"])
     check_model_allowed(limited, "tiny")
     check_model_allowed(limited, "realvis")
     with pytest.raises(Forbidden) as caught:
         check_model_allowed(limited, "juggernaut")
     assert caught.value.status_code == 403
     assert "juggernaut" in caught.value.message and "tiny, realvis" in caught.value.message
-    _, everything = accounts.create_key(redis_client, keys, name="b")
+    _, everything = api_keys.create_key(redis_client, keys, name="b")
     check_model_allowed(everything, "juggernaut")
     check_model_allowed(ANONYMOUS, "juggernaut")
 
@@ -196,22 +200,22 @@ def test_model_permissions(redis_client: redis.Redis, keys: Keys) -> None:
 # --- reserve -------------------------------------------------------------------------------
 
 
-def _balance(redis_client: redis.Redis, keys: Keys, key_id: str) -> int | None:
-    return accounts.get_key(redis_client, keys, key_id).credits
+def _balance(redis_client: redis.Redis, keys: RedisKeys, key_id: str) -> int | None:
+    return api_keys.get_key(redis_client, keys, key_id).credits
 
 
 def test_reserve_takes_the_cost_and_records_it(
-    redis_client: redis.Redis, keys: Keys, settings: Settings
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
-    _, record = accounts.create_key(redis_client, keys, name="a", credits=5)
+    _, record = api_keys.create_key(redis_client, keys, name="a", credits=5)
     request_id = new_request()
     remaining = with_redis(
         settings, lambda r: reserve(r, keys, settings, record, request_id=request_id, cost=2, queue_keys=[])
     )
     assert remaining == 3 == _balance(redis_client, keys, record.id)
     stored = redis_client.hgetall(keys.request(request_id))
-    assert stored[Field.KEY_ID.encode()] == record.id.encode()
-    assert stored[Field.COST.encode()] == b"2"
+    assert stored[RequestField.KEY_ID.encode()] == record.id.encode()
+    assert stored[RequestField.COST.encode()] == b"2"
     assert redis_client.ttl(keys.request(request_id)) == -1  # no TTL unless asked for
     other = new_request()
     with_redis(
@@ -233,9 +237,9 @@ def test_reserve_takes_the_cost_and_records_it(
 
 
 def test_reserve_short_balance_says_needed_and_available(
-    redis_client: redis.Redis, keys: Keys, settings: Settings
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
-    _, record = accounts.create_key(redis_client, keys, name="a", credits=2)
+    _, record = api_keys.create_key(redis_client, keys, name="a", credits=2)
     request_id = new_request()
     with pytest.raises(InsufficientCredits) as caught:
         with_redis(
@@ -248,8 +252,10 @@ def test_reserve_short_balance_says_needed_and_available(
     assert not redis_client.exists(keys.request(request_id))
 
 
-def test_reserve_unlimited_and_anonymous(redis_client: redis.Redis, keys: Keys, settings: Settings) -> None:
-    _, record = accounts.create_key(redis_client, keys, name="a")
+def test_reserve_unlimited_and_anonymous(
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
+) -> None:
+    _, record = api_keys.create_key(redis_client, keys, name="a")
     ids = [new_request(), new_request()]
 
     async def body(r: aioredis.Redis) -> list[int | None]:
@@ -260,22 +266,22 @@ def test_reserve_unlimited_and_anonymous(redis_client: redis.Redis, keys: Keys, 
 
     assert with_redis(settings, body) == [None, None]
     assert _balance(redis_client, keys, record.id) is None
-    assert redis_client.hget(keys.request(ids[1]), Field.KEY_ID) == b"anonymous"
+    assert redis_client.hget(keys.request(ids[1]), RequestField.KEY_ID) == b"anonymous"
 
 
 def test_reserve_refuses_a_key_revoked_after_authentication(
-    redis_client: redis.Redis, keys: Keys, settings: Settings
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
-    key, _ = accounts.create_key(redis_client, keys, name="a", credits=5)
+    key, _ = api_keys.create_key(redis_client, keys, name="a", credits=5)
 
     async def body(r: aioredis.Redis) -> None:
         record = await authenticate(r, keys, settings, key)
-        accounts.revoke_key(redis_client, keys, record.id)
+        api_keys.revoke_key(redis_client, keys, record.id)
         with pytest.raises(Unauthorized):
             await reserve(r, keys, settings, record, request_id=new_request(), cost=1, queue_keys=[])
 
     with_redis(settings, body)
-    assert accounts.get_key(redis_client, keys, key).credits == 5
+    assert api_keys.get_key(redis_client, keys, key).credits == 5
 
 
 def _count(outcomes: list[Any]) -> tuple[list[int], int]:
@@ -287,9 +293,9 @@ def _count(outcomes: list[Any]) -> tuple[list[int], int]:
 
 
 def test_30_concurrent_reservations_against_5_credits(
-    redis_client: redis.Redis, keys: Keys, settings: Settings
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
-    _, record = accounts.create_key(redis_client, keys, name="a", credits=5)
+    _, record = api_keys.create_key(redis_client, keys, name="a", credits=5)
 
     async def body(r: aioredis.Redis) -> list[Any]:
         calls = [
@@ -305,9 +311,9 @@ def test_30_concurrent_reservations_against_5_credits(
 
 
 def test_30_reservations_from_threads_with_separate_clients(
-    redis_client: redis.Redis, keys: Keys, settings: Settings
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
-    _, record = accounts.create_key(redis_client, keys, name="a", credits=5)
+    _, record = api_keys.create_key(redis_client, keys, name="a", credits=5)
     barrier = threading.Barrier(30)
     outcomes: list[Any] = []
     lock = threading.Lock()
@@ -340,10 +346,10 @@ def test_30_reservations_from_threads_with_separate_clients(
 
 
 def test_queue_full_is_a_429_with_retry_after(
-    redis_client: redis.Redis, keys: Keys, settings: Settings
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
     small = settings.model_copy(update={"max_queue": 3})
-    _, record = accounts.create_key(redis_client, keys, name="a", credits=5)
+    _, record = api_keys.create_key(redis_client, keys, name="a", credits=5)
     queue_keys = [keys.rq_queue_key("tiny"), keys.rq_queue_key("juggernaut")]
     redis_client.rpush(queue_keys[0], "j1", "j2")
     request_id = new_request()
@@ -367,9 +373,9 @@ def test_queue_full_is_a_429_with_retry_after(
 
 
 def test_refund_gives_credits_back_exactly_once(
-    redis_client: redis.Redis, keys: Keys, settings: Settings
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
-    _, record = accounts.create_key(redis_client, keys, name="a", credits=5)
+    _, record = api_keys.create_key(redis_client, keys, name="a", credits=5)
     request_id = new_request()
 
     async def body(r: aioredis.Redis) -> list[int | None]:
@@ -379,11 +385,13 @@ def test_refund_gives_credits_back_exactly_once(
     assert with_redis(settings, body) == [5, 5, 5]
     assert refund_sync(redis_client, keys, request_id) == 5  # the worker's path shares the guard
     assert _balance(redis_client, keys, record.id) == 5
-    assert redis_client.hget(keys.request(request_id), Field.REFUNDED) == b"1"
+    assert redis_client.hget(keys.request(request_id), RequestField.REFUNDED) == b"1"
 
 
-def test_concurrent_refunds_count_once(redis_client: redis.Redis, keys: Keys, settings: Settings) -> None:
-    _, record = accounts.create_key(redis_client, keys, name="a", credits=3)
+def test_concurrent_refunds_count_once(
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
+) -> None:
+    _, record = api_keys.create_key(redis_client, keys, name="a", credits=3)
     request_id = new_request()
 
     async def body(r: aioredis.Redis) -> None:
@@ -403,9 +411,9 @@ def test_concurrent_refunds_count_once(redis_client: redis.Redis, keys: Keys, se
 
 
 def test_refund_of_unlimited_or_unknown_is_a_no_op(
-    redis_client: redis.Redis, keys: Keys, settings: Settings
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
-    _, record = accounts.create_key(redis_client, keys, name="a")
+    _, record = api_keys.create_key(redis_client, keys, name="a")
     request_id = new_request()
     with_redis(
         settings, lambda r: reserve(r, keys, settings, record, request_id=request_id, cost=2, queue_keys=[])
@@ -420,9 +428,9 @@ def test_refund_of_unlimited_or_unknown_is_a_no_op(
     assert not redis_client.exists(keys.request(unknown))  # an expired request is not recreated
 
 
-def test_works_with_decoding_clients(redis_client: redis.Redis, keys: Keys, settings: Settings) -> None:
+def test_works_with_decoding_clients(redis_client: redis.Redis, keys: RedisKeys, settings: Settings) -> None:
     """The API or worker may build their clients with decode_responses=True: same results."""
-    key, record = accounts.create_key(redis_client, keys, name="a", credits=5, rpm=5, models=["tiny"])
+    key, record = api_keys.create_key(redis_client, keys, name="a", credits=5, rpm=5, models=["tiny"])
     request_id = new_request()
 
     async def body() -> tuple[Any, int | None]:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.contract import Keys
+from app.core.redis_keys import RedisKeys
 from tests import image_factory
 from tests.faults import JOB_LOST_S, kill_worker, request_fields, running_worker, slow_job, wait_until
 from tests.stack import Stack, make_stack
@@ -91,7 +91,7 @@ def output_pixels(stack: Stack, request_id: str) -> list[np.ndarray]:
     client = stack.redis()
     return [
         np.asarray(
-            Image.open(io.BytesIO(client.get(Keys(stack.prefix).output(request_id, i["file_name"]))))
+            Image.open(io.BytesIO(client.get(RedisKeys(stack.prefix).output(request_id, i["file_name"]))))
         ).astype(np.int16)
         for i in result["images"]
     ]
@@ -166,7 +166,7 @@ def test_cancel_of_one_request_in_a_running_batch_ends_it_and_the_others_complet
 
 
 def test_batching_is_off_by_default():
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     assert Settings(_env_file=None).max_batch == 1
 

@@ -2,13 +2,15 @@ import json
 import subprocess
 import sys
 
-from app.contract import JobSpec, Keys, Status
-from app.schedulers import SCHEDULER_NAMES
+from app.core.job_spec import JobSpec, Status
+from app.core.redis_keys import RedisKeys
+from app.core.scheduler_names import SCHEDULER_NAMES
 
 
 def test_contract_imports_neither_torch_nor_fastapi():
     code = (
-        "import sys, app.contract, app.schedulers, app.models_config, app.settings;"
+        "import sys, app.core.job_spec, app.core.redis_keys, app.core.scheduler_names,"
+        " app.core.models_config, app.core.settings;"
         "print(json.dumps([m for m in ('torch', 'fastapi', 'diffusers') if m in sys.modules]))"
     )
     out = subprocess.check_output([sys.executable, "-c", "import json;" + code], text=True)
@@ -51,5 +53,5 @@ def test_thirty_scheduler_names():
 
 
 def test_keys_are_prefixed():
-    keys = Keys("abc")
+    keys = RedisKeys("abc")
     assert keys.request("x").startswith("abc:") and keys.queue_name("tiny") == "abc.tiny"

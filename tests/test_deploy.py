@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import redis
 
-from app.commands.models import _pipeline_patterns
-from app.contract import Keys
-from app.settings import Settings
+from app.cli.models import _pipeline_patterns
+from app.core.redis_keys import RedisKeys
+from app.core.settings import Settings
 from tests.conftest import REDIS_URL, REPO_ROOT
 
 BIN = Path(sys.executable).parent
@@ -181,7 +181,7 @@ def test_worker_healthcheck_follows_this_hosts_heartbeat(
     script = healthcheck_script(compose_config(tmp_path, "docker-compose.yml")["services"]["worker"])
     # The Dockerfile's HEALTHCHECK runs the same command.
     assert json.dumps(script) in (REPO_ROOT / "Dockerfile").read_text()
-    keys = Keys(redis_prefix)
+    keys = RedisKeys(redis_prefix)
     assert run_healthcheck(script, redis_prefix) == 1  # no heartbeat at all
     # Another host's worker is alive: still unhealthy, the check is pinned to this container.
     redis_client.set(keys.worker("some-other-host-1-abcdef"), "{}", ex=30)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app import accounts
+from app.core import api_keys
 from tests.faults import balance
 from tests.stack import make_stack, start_full_stack
 from tests.test_e2e_api import FAST, IMAGE, SLUG, wait_status
@@ -34,7 +34,7 @@ def test_missing_invalid_and_revoked_keys_are_401(stack):
     assert post(stack, {"x-api-key": "sk-nope"}).json() == invalid
     key = stack.create_key(name="to-revoke")
     assert post(stack, {"Authorization": f"Bearer {key}"}).status_code == 200
-    accounts.revoke_key(stack.redis(), stack.keys, key)
+    api_keys.revoke_key(stack.redis(), stack.keys, key)
     response = post(stack, {"x-api-key": key})
     assert response.status_code == 401 and response.json() == invalid
 
@@ -113,7 +113,7 @@ def test_static_keys_from_settings_are_unlimited():
     static = make_stack(SDXL_API_KEYS="sk-static-one, sk-static-two")
     try:
         static.start_api()
-        static.wait_for(lambda: len(accounts.list_keys(static.redis(), static.keys)) == 2, "the static keys")
+        static.wait_for(lambda: len(api_keys.list_keys(static.redis(), static.keys)) == 2, "the static keys")
         for key in ("sk-static-one", "sk-static-two"):
             response = post(static, {"x-api-key": key})
             assert response.status_code == 200 and "x-remaining-credits" not in response.headers

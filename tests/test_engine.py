@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.contract import SEED_MODULUS
+from app.core.job_spec import SEED_MODULUS
 from tests import engine_fixtures as fx
 from tests.engine_fixtures import SIZE, generate_one, input_image, job, pixels
 from worker.engine import GenerationRequest, batch_key

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from app.errors import InvalidInput
-from app.fetch import fetch_image_bytes, is_public_address, parse_inet_aton
-from app.images import load_input_image
-from app.settings import Settings
+from app.core.errors import InvalidInput
+from app.core.image_fetch import fetch_image_bytes, is_public_address, parse_inet_aton
+from app.core.image_intake import load_input_image
+from app.core.settings import Settings
 from tests import image_factory as f
 from tests.http_fixtures import (
     LocalHTTPServer,

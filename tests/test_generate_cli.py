@@ -135,7 +135,7 @@ def test_generate_reports_an_unreadable_image(tmp_path):
 
 def test_the_command_module_imports_without_torch():
     code = (
-        "import argparse, sys; from app.commands import generate; "
+        "import argparse, sys; from app.cli import generate; "
         "generate.register(argparse.ArgumentParser().add_subparsers()); assert 'torch' not in sys.modules"
     )
     done = subprocess.run(

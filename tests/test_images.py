@@ -12,8 +12,8 @@ import anyio
 import pytest
 from PIL import Image
 
-from app.errors import InvalidInput
-from app.images import (
+from app.core.errors import InvalidInput
+from app.core.image_intake import (
     NOT_BASE64,
     decode_base64_image,
     load_input_bytes,
@@ -21,7 +21,7 @@ from app.images import (
     prepare_image,
     working_size,
 )
-from app.settings import Settings
+from app.core.settings import Settings
 from tests import image_factory as f
 from tests.http_fixtures import LocalHTTPServer, serve_bytes
 

@@ -13,11 +13,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app import accounts
-from app.admission import authenticate
-from app.contract import Keys
-from app.errors import Unauthorized
-from app.settings import Settings
+from app.core import api_keys
+from app.core.admission import authenticate
+from app.core.errors import Unauthorized
+from app.core.redis_keys import RedisKeys
+from app.core.settings import Settings
 from tests.conftest import REDIS_URL, REPO_ROOT
 
 CLI = REPO_ROOT / ".venv" / "bin" / "sdxl-img2img"
@@ -37,7 +37,7 @@ def cli(redis_prefix: str, tmp_path: Path):
 
 
 def test_create_list_add_credits_revoke(cli, redis_client: redis.Redis, settings: Settings) -> None:
-    keys = Keys(settings.redis_prefix)
+    keys = RedisKeys(settings.redis_prefix)
     created = cli(
         "create", "--name", "alice", "--credits", "5", "--rpm", "7", "--models", "tiny, realvis", "--json"
     )
@@ -51,7 +51,7 @@ def test_create_list_add_credits_revoke(cli, redis_client: redis.Redis, settings
         "rpm": 7,
         "models": ["tiny", "realvis"],
     }
-    assert accounts.get_key(redis_client, keys, data["key"]).id == data["id"]
+    assert api_keys.get_key(redis_client, keys, data["key"]).id == data["id"]
 
     plain = cli("create", "--name", "bob")
     assert plain.returncode == 0, plain.stderr
@@ -70,7 +70,7 @@ def test_create_list_add_credits_revoke(cli, redis_client: redis.Redis, settings
     added = cli("add-credits", data["id"], "10", "--json")
     assert added.returncode == 0, added.stderr
     assert json.loads(added.stdout)["credits"] == 15
-    assert accounts.get_key(redis_client, keys, data["id"]).credits == 15
+    assert api_keys.get_key(redis_client, keys, data["id"]).credits == 15
 
     revoked = cli("revoke", bob_key, "--json")
     assert revoked.returncode == 0, revoked.stderr

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.models_config import ModelEntry, ModelsConfig
+from app.core.models_config import ModelEntry, ModelsConfig
 from tests import engine_fixtures as fx
 from tests.engine_fixtures import (
     engine_settings,
@@ -196,7 +196,7 @@ def test_device_and_dtype_choice():
 
 
 def test_source_kinds_of_the_shipped_models_file():
-    from app.models_config import load_models_config
+    from app.core.models_config import load_models_config
     from tests.conftest import REPO_ROOT
 
     models = load_models_config(REPO_ROOT / "models.yaml").models

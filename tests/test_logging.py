@@ -13,8 +13,8 @@ SNIPPET = textwrap.dedent(
     """
     import logging, threading, time
     import httpx, uvicorn
-    from app.logging_setup import bind_request_id, configure_logging
-    from app.settings import Settings
+    from app.core.logging_setup import bind_request_id, configure_logging
+    from app.core.settings import Settings
 
     configure_logging(Settings(log_level="INFO"), "api")
     configure_logging(Settings(log_level="INFO"), "api")  # twice: still one line per record

@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.contract import Keys
-from app.metrics import RequestMetricsMiddleware, create_metrics_router, record_job
+from app.api.metrics_http import RequestMetricsMiddleware, create_metrics_router
+from app.core.job_metrics import record_job
+from app.core.redis_keys import RedisKeys
 from tests.conftest import REDIS_URL
 
 MODELS = ["tiny", "juggernaut"]
@@ -36,7 +37,7 @@ class RejectBeforeRouting:
         await self.app(scope, receive, send)
 
 
-def make_app(redis_url: str, keys: Keys) -> FastAPI:
+def make_app(redis_url: str, keys: RedisKeys) -> FastAPI:
     app = FastAPI()
     registry = CollectorRegistry()
     app.add_middleware(RejectBeforeRouting)
@@ -78,7 +79,7 @@ def scrape(client: TestClient) -> dict[str, dict[tuple, float]]:
 
 
 def test_scrape_reports_every_metric(redis_prefix: str, redis_client: redis.Redis) -> None:
-    keys = Keys(redis_prefix)
+    keys = RedisKeys(redis_prefix)
     # Jobs ended: two on tiny through a sync pipeline (as the worker does), one through asyncio.
     pipe = redis_client.pipeline()
     record_job(pipe, keys, base_model="tiny", status="COMPLETED", queue_time_s=0.2, inference_time_s=1.5)
@@ -182,7 +183,7 @@ def test_scrape_reports_every_metric(redis_prefix: str, redis_client: redis.Redi
 
 def test_scrape_answers_when_redis_is_down(redis_prefix: str) -> None:
     # Nothing listens on port 1: the connection is refused at once.
-    app = make_app("redis://127.0.0.1:1/0", Keys(redis_prefix))
+    app = make_app("redis://127.0.0.1:1/0", RedisKeys(redis_prefix))
     with TestClient(app) as client:
         assert client.get("/v2/requests/x/status").status_code == 200
         m = scrape(client)
@@ -196,7 +197,7 @@ def test_scrape_answers_when_redis_is_down(redis_prefix: str) -> None:
 
 
 def test_apps_have_separate_registries(redis_prefix: str) -> None:
-    keys = Keys(redis_prefix)
+    keys = RedisKeys(redis_prefix)
     with TestClient(make_app(REDIS_URL, keys)) as first, TestClient(make_app(REDIS_URL, keys)) as second:
         first.get("/v2/requests/a/status")
         m = scrape(second)

@@ -7,8 +7,8 @@ import diffusers
 import numpy as np
 import pytest
 
-from app.errors import InvalidInput
-from app.schedulers import SCHEDULER_NAMES, SCHEDULERS
+from app.core.errors import InvalidInput
+from app.core.scheduler_names import SCHEDULER_NAMES, SCHEDULERS
 from tests import engine_fixtures as fx
 from tests.engine_fixtures import generate_one, pixels
 from worker.errors import JobInputError, UnknownScheduler

@@ -22,20 +22,13 @@ import pytest
 import redis.asyncio as aioredis
 from PIL import Image
 
-from app.contract import Field, JobSpec, Keys, Status
-from app.errors import InvalidInput
-from app.fetch import is_public_address
-from app.lifecycle import Lifecycle, failed_fields, script_text
-from app.settings import Settings
-from app.webhooks import (
-    ATTEMPTS,
-    Deliverer,
-    Outcome,
-    check_webhook_url,
-    member,
-    retry_delay_s,
-    sign,
-)
+from app.core.errors import InvalidInput
+from app.core.image_fetch import is_public_address
+from app.core.job_spec import JobSpec, Status
+from app.core.lifecycle import Lifecycle, failed_fields, script_text
+from app.core.redis_keys import RedisKeys, RequestField
+from app.core.settings import Settings
+from app.core.webhooks import ATTEMPTS, Deliverer, Outcome, check_webhook_url, member, retry_delay_s, sign
 from tests.conftest import REDIS_URL
 from tests.faults import wait_until
 from tests.stack import make_stack, start_full_stack
@@ -214,15 +207,20 @@ def test_submission_accepts_public_hosts_without_dns(settings):
 # --- the terminal transitions queue the delivery (Lua, real Redis) ---------------------------------
 
 
-def processing_record(client, keys: Keys, request_id: str, webhook: bool) -> None:
-    fields = {Field.STATUS: "PROCESSING", Field.WORKER: "w1", Field.ATTEMPTS: 2, Field.SPEC: "{}"}
+def processing_record(client, keys: RedisKeys, request_id: str, webhook: bool) -> None:
+    fields = {
+        RequestField.STATUS: "PROCESSING",
+        RequestField.WORKER: "w1",
+        RequestField.ATTEMPTS: 2,
+        RequestField.SPEC: "{}",
+    }
     if webhook:
-        fields[Field.WEBHOOK] = "http://127.0.0.1:9/hook"
+        fields[RequestField.WEBHOOK] = "http://127.0.0.1:9/hook"
     client.hset(keys.request(request_id), mapping=fields)
 
 
 def test_reap_to_worker_lost_queues_the_delivery(settings, redis_client):
-    keys = Keys(settings.redis_prefix)
+    keys = RedisKeys(settings.redis_prefix)
     lifecycle = Lifecycle(keys, settings.result_ttl_s)
     processing_record(redis_client, keys, "lost", webhook=True)
     assert lifecycle.reap(redis_client, "lost", "w1", keys.queue_name("tiny")) == b"FAILED"
@@ -231,7 +229,7 @@ def test_reap_to_worker_lost_queues_the_delivery(settings, redis_client):
 
 
 def test_finish_queues_a_delivery_only_when_a_webhook_was_given(settings, redis_client):
-    keys = Keys(settings.redis_prefix)
+    keys = RedisKeys(settings.redis_prefix)
     lifecycle = Lifecycle(keys, settings.result_ttl_s)
     processing_record(redis_client, keys, "plain", webhook=False)
     processing_record(redis_client, keys, "hooked", webhook=True)
@@ -244,7 +242,7 @@ def test_finish_queues_a_delivery_only_when_a_webhook_was_given(settings, redis_
 
 
 def test_claim_takes_each_due_attempt_once_and_leases_the_next(settings, redis_client):
-    keys = Keys(settings.redis_prefix)
+    keys = RedisKeys(settings.redis_prefix)
     claim = redis_client.register_script(script_text("webhook_claim"))
     now = float(redis_client.time()[0])
     redis_client.zadd(keys.webhooks, {"0:a": now - 2, "5:b": now - 1, "0:c": now + 100})
@@ -262,7 +260,7 @@ def test_claim_takes_each_due_attempt_once_and_leases_the_next(settings, redis_c
 
 def test_deliverer_refuses_a_private_address_at_delivery_and_does_not_retry(settings, receiver):
     """A name (or anything that passed submission) that turns out private is refused, not retried."""
-    keys = Keys(settings.redis_prefix)
+    keys = RedisKeys(settings.redis_prefix)
     url = receiver.url("/private-at-delivery")
     spec = JobSpec(
         request_id="r1", base_model="tiny", scheduler="Euler", prompt="p", negative_prompt="",
@@ -274,11 +272,11 @@ def test_deliverer_refuses_a_private_address_at_delivery_and_does_not_retry(sett
         aio = aioredis.Redis.from_url(REDIS_URL)
         try:
             fields = {
-                Field.STATUS: Status.FAILED.value,
-                Field.SPEC: spec.to_json(),
-                Field.ERROR: "x",
-                Field.WEBHOOK: url,
-                Field.BASE_URL: "",
+                RequestField.STATUS: Status.FAILED.value,
+                RequestField.SPEC: spec.to_json(),
+                RequestField.ERROR: "x",
+                RequestField.WEBHOOK: url,
+                RequestField.BASE_URL: "",
             }
             await aio.hset(keys.request("r1"), mapping=fields)
             await aio.zadd(keys.webhooks, {member(1, "r1"): time.time() + 60})  # as a claim leaves it

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import redis
 
-from app.contract import Field, JobSpec, Keys, Status
-from app.lifecycle import as_text, script_text
+from app.core.job_spec import JobSpec, Status
+from app.core.lifecycle import as_text, script_text
+from app.core.redis_keys import RedisKeys, RequestField
 from worker.engine import batch_key
 
 # How far down the queue a worker looks for companions: bounded, so that one claim stays a short
@@ -21,7 +22,7 @@ from worker.engine import batch_key
 WINDOW = 32
 
 
-def compatible_queued(client: redis.Redis, keys: Keys, first: JobSpec, max_batch: int) -> list[str]:
+def compatible_queued(client: redis.Redis, keys: RedisKeys, first: JobSpec, max_batch: int) -> list[str]:
     """Up to `max_batch - 1` QUEUED requests near the head of `first`'s queue that can run with it."""
     if max_batch <= 1:
         return []
@@ -31,7 +32,7 @@ def compatible_queued(client: redis.Redis, keys: Keys, first: JobSpec, max_batch
         return []
     with client.pipeline(transaction=False) as pipe:
         for request_id in window:
-            pipe.hmget(keys.request(request_id), [Field.STATUS, Field.SPEC])
+            pipe.hmget(keys.request(request_id), [RequestField.STATUS, RequestField.SPEC])
         records = pipe.execute()
     wanted_key = batch_key(first)
     wanted: list[str] = []
@@ -47,7 +48,12 @@ def compatible_queued(client: redis.Redis, keys: Keys, first: JobSpec, max_batch
 
 
 def claim(
-    client: redis.Redis, keys: Keys, worker_id: str, first: JobSpec, candidates: list[str], started_at: str
+    client: redis.Redis,
+    keys: RedisKeys,
+    worker_id: str,
+    first: JobSpec,
+    candidates: list[str],
+    started_at: str,
 ) -> list[str]:
     """Makes those of `candidates` still QUEUED and in `first`'s queue PROCESSING in `worker_id`'s
     name, atomically; returns their ids. `started_at`: `first`'s start, which they share."""

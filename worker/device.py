@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from app.models_config import ModelEntry
-from app.settings import Settings
+from app.core.models_config import ModelEntry
+from app.core.settings import Settings
 from worker.errors import DeviceUnavailable
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

@@ -10,7 +10,7 @@ import io
 
 from PIL import Image
 
-from app.contract import CONTENT_TYPES
+from app.core.job_spec import CONTENT_TYPES
 
 # Pillow's format names for the contract's output formats.
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}

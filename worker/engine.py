@@ -17,9 +17,9 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 from PIL import Image
 
-from app.contract import JobSpec
-from app.models_config import ModelsConfig
-from app.settings import Settings
+from app.core.job_spec import JobSpec
+from app.core.models_config import ModelsConfig
+from app.core.settings import Settings
 from worker.device import pick_device
 from worker.encode import content_type, encode_image
 from worker.errors import JobCancelled

@@ -3,9 +3,9 @@ status it deserves (`status_code`) and a message for a person (`message`), never
 
 from __future__ import annotations
 
-from app.contract import CANCELLED
-from app.errors import InvalidInput, ServiceError
-from app.settings import SettingsError
+from app.core.errors import InvalidInput, ServiceError
+from app.core.job_spec import CANCELLED
+from app.core.settings import SettingsError
 
 
 class JobInputError(InvalidInput):

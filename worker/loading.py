@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
 
-from app.models_config import ModelEntry
-from app.settings import Settings
+from app.core.models_config import ModelEntry
+from app.core.settings import Settings
 from worker.errors import ModelLoadError
 from worker.tiny import ensure_tiny
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from app.models_config import ModelEntry, ModelsConfig
-from app.settings import Settings
+from app.core.models_config import ModelEntry, ModelsConfig
+from app.core.settings import Settings
 from worker.device import pick_dtype
 from worker.errors import ModelLoadError, UnknownModel
 from worker.loading import load_pipeline

@@ -13,7 +13,7 @@ from typing import Any
 
 import diffusers
 
-from app.schedulers import SCHEDULERS
+from app.core.scheduler_names import SCHEDULERS
 from worker.errors import UnknownScheduler
 
 # Keys that decide *which* sampler a config describes rather than the model's noise schedule. A

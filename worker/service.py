@@ -22,12 +22,12 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
-from app.contract import Keys
-from app.lifecycle import Lifecycle
-from app.models_config import ModelsConfig
-from app.reaper import hand_back, reap_lost_requests
-from app.redis_clients import sync_client
-from app.settings import Settings
+from app.core.lifecycle import Lifecycle
+from app.core.models_config import ModelsConfig
+from app.core.reaper import hand_back, reap_lost_requests
+from app.core.redis_clients import sync_client
+from app.core.redis_keys import RedisKeys
+from app.core.settings import Settings
 from worker.tasks import WorkerContext, install_context
 
 log = logging.getLogger("sdxl.worker")
@@ -127,7 +127,7 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
     from worker.engine import Engine
     from worker.errors import ModelLoadError
 
-    keys = Keys(settings.redis_prefix)
+    keys = RedisKeys(settings.redis_prefix)
     started = time.monotonic()
     engine = Engine(settings, models_config)
     # Warm what fits in memory; the other models load on their first job (LRU).

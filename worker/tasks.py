@@ -17,10 +17,11 @@ from typing import Any
 import redis
 from PIL import Image
 
-from app import admission, metrics
-from app.contract import CANCELLED, Field, JobSpec, Keys, Status
-from app.lifecycle import Lifecycle, as_text, completed_fields, failed_fields
-from app.logging_setup import bind_request_id, request_id_var
+from app.core import admission, job_metrics
+from app.core.job_spec import CANCELLED, JobSpec, Status
+from app.core.lifecycle import Lifecycle, as_text, completed_fields, failed_fields
+from app.core.logging_setup import bind_request_id, request_id_var
+from app.core.redis_keys import RedisKeys, RequestField
 
 log = logging.getLogger("sdxl.worker")
 
@@ -28,7 +29,7 @@ log = logging.getLogger("sdxl.worker")
 @dataclass
 class WorkerContext:
     worker_id: str
-    keys: Keys
+    keys: RedisKeys
     lifecycle: Lifecycle
     redis: redis.Redis
     engine: Any  # worker.engine.Engine (imported lazily: torch)
@@ -102,7 +103,7 @@ def _load(ctx: WorkerContext, request_ids: list[str]) -> list[tuple[JobSpec, byt
     """Each request's spec and input image, in one round trip."""
     with ctx.redis.pipeline(transaction=False) as pipe:
         for request_id in request_ids:
-            pipe.hget(ctx.keys.request(request_id), Field.SPEC)
+            pipe.hget(ctx.keys.request(request_id), RequestField.SPEC)
             pipe.get(ctx.keys.input_image(request_id))
         replies = pipe.execute()
     return [(JobSpec.from_json(replies[i]), replies[i + 1]) for i in range(0, len(replies), 2)]
@@ -117,7 +118,7 @@ def _claim(ctx: WorkerContext, spec: JobSpec) -> list[str]:
     candidates = compatible_queued(ctx.redis, ctx.keys, spec, ctx.max_batch)
     if not candidates:
         return []
-    started_at = ctx.redis.hget(ctx.keys.request(spec.request_id), Field.STARTED_AT)
+    started_at = ctx.redis.hget(ctx.keys.request(spec.request_id), RequestField.STARTED_AT)
     try:
         companions = claim(ctx.redis, ctx.keys, ctx.worker_id, spec, candidates, started_at.decode())
     except redis.RedisError:
@@ -141,7 +142,7 @@ def _forget_rq_jobs(ctx: WorkerContext, request_ids: list[str]) -> None:
     with contextlib.suppress(redis.RedisError):
         with ctx.redis.pipeline(transaction=False) as pipe:
             for request_id in request_ids:
-                pipe.hget(ctx.keys.request(request_id), Field.STATUS)
+                pipe.hget(ctx.keys.request(request_id), RequestField.STATUS)
             statuses = pipe.execute()
         ended = [
             rq_job_key(request_id)
@@ -160,14 +161,14 @@ class _Watch:
         self.request_keys = [ctx.keys.request(spec.request_id) for spec in specs]
         with ctx.redis.pipeline(transaction=False) as pipe:
             for key in self.request_keys:
-                pipe.hexists(key, Field.CANCEL)
+                pipe.hexists(key, RequestField.CANCEL)
             self.flags = [bool(flag) for flag in pipe.execute()]
 
     def on_step(self, step: int, total: int) -> None:
         with self.ctx.redis.pipeline(transaction=False) as pipe:
             for key in self.request_keys:
-                pipe.hset(key, mapping={Field.STEP: step, Field.TOTAL: total})
-                pipe.hget(key, Field.CANCEL)
+                pipe.hset(key, mapping={RequestField.STEP: step, RequestField.TOTAL: total})
+                pipe.hget(key, RequestField.CANCEL)
             replies = pipe.execute()
         self.flags = [cancel is not None for cancel in replies[1::2]]
 
@@ -257,10 +258,10 @@ def _record(ctx: WorkerContext, spec: JobSpec, status: Status, inference_time: f
 
 
 def _record_job(ctx: WorkerContext, spec: JobSpec, status: Status, inference_time: float | None) -> None:
-    started = ctx.redis.hget(ctx.keys.request(spec.request_id), Field.STARTED_AT)
+    started = ctx.redis.hget(ctx.keys.request(spec.request_id), RequestField.STARTED_AT)
     queue_time = float(started) - spec.created_at if started else None
     with ctx.redis.pipeline(transaction=False) as pipe:
-        metrics.record_job(
+        job_metrics.record_job(
             pipe,
             ctx.keys,
             base_model=spec.base_model,

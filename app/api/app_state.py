@@ -1,0 +1,32 @@
+"""What the routes share: settings, Redis clients and the domain services, built once per app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from fastapi import Request
+
+from app.api.submission import Submitter
+from app.core.lifecycle import Lifecycle
+from app.core.models_config import ModelsConfig
+from app.core.redis_keys import RedisKeys
+from app.core.request_records import Records
+from app.core.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    models: ModelsConfig
+    keys: RedisKeys
+    aio: Any  # redis.asyncio.Redis
+    sync: redis.Redis
+    lifecycle: Lifecycle
+    submitter: Submitter
+    records: Records
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.sdxl

@@ -1,0 +1,143 @@
+"""`POST /v1/sdxl-img2img` (synchronous) and `POST /v2/sdxl-img2img` (queued): one submission path.
+
+v1 is the v2 job awaited with a deadline, not a second code path (CONTRACT 4)."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.api.app_state import AppState, get_state
+from app.api.auth import submission_key
+from app.api.request_body import parse_body
+from app.api.submission import Submitted
+from app.core import admission
+from app.core.api_keys import ApiKey
+from app.core.errors import GatewayTimeout, InvalidInput, NotFound, ServiceError
+from app.core.job_spec import CONTENT_TYPES, SLUG, Status
+from app.core.redis_clients import BLOCKING_SLICE_S
+from app.core.request_model import Img2ImgRequest, validate_body
+
+router = APIRouter(tags=["generation"])
+
+_body_schema = Img2ImgRequest.model_json_schema()
+BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _body_schema},
+            "multipart/form-data": {"schema": _body_schema},
+        },
+    }
+}
+ERRORS = {
+    code: {"description": text, "content": {"application/json": {"example": {"error": text}}}}
+    for code, text in {
+        400: "invalid parameters, body or image",
+        401: "missing or invalid key",
+        403: "the key may not use this base model",
+        404: "unknown model slug",
+        406: "not enough credits",
+        413: "body too large",
+        429: "rate limit or queue full",
+        502: "Service temporarily unavailable",
+    }.items()
+}
+
+
+def public_base_url(request: Request, state: AppState) -> str:
+    return (state.settings.public_url or str(request.base_url)).rstrip("/")
+
+
+def check_slug(slug: str) -> None:
+    if slug != SLUG:
+        raise NotFound("Model not found")
+
+
+def accounting_headers(submitted: Submitted) -> dict[str, str]:
+    headers = {"x-request-id": submitted.spec.request_id, "x-cost": str(submitted.spec.cost)}
+    if submitted.remaining_credits is not None:
+        headers["x-remaining-credits"] = str(submitted.remaining_credits)
+    return headers
+
+
+async def submit(request: Request, state: AppState) -> Submitted:
+    key: ApiKey = await submission_key(request, state)
+    data = await parse_body(request, state.settings.max_body_bytes)
+    params = validate_body(
+        data, model_names=state.models.names, default_base_model=state.settings.default_base_model
+    )
+    admission.check_model_allowed(key, params.base_model)
+    image = await state.submitter.prepare(params)
+    return await state.submitter.submit(key, params, image, base_url=public_base_url(request, state))
+
+
+@router.post("/v2/{slug}", openapi_extra=BODY_DOC, responses=ERRORS, summary="Queue an img2img request")
+async def submit_v2(slug: str, request: Request, state: AppState = Depends(get_state)) -> JSONResponse:
+    check_slug(slug)
+    submitted = await submit(request, state)
+    base = public_base_url(request, state)
+    request_id = submitted.spec.request_id
+    return JSONResponse(
+        {
+            "request_id": request_id,
+            "status": Status.QUEUED.value,
+            "status_url": f"{base}/v2/requests/{request_id}/status",
+            "response_url": f"{base}/v2/requests/{request_id}",
+        },
+        headers=accounting_headers(submitted),
+    )
+
+
+async def wait_for_end(state: AppState, request_id: str, timeout_s: float) -> bool:
+    """Blocks on the request's done list (the worker pushes to it at the end): no sleep-polling."""
+    deadline = time.monotonic() + timeout_s
+    done_key = state.keys.done(request_id)
+    while (remaining := deadline - time.monotonic()) > 0:
+        if await state.aio.blpop([done_key], timeout=min(BLOCKING_SLICE_S, remaining)):
+            return True
+    return False
+
+
+@router.post(
+    "/v1/{slug}",
+    openapi_extra=BODY_DOC,
+    responses={
+        **ERRORS,
+        200: {"content": {"image/jpeg": {}, "application/json": {}}},
+        504: {"description": "timeout"},
+    },
+    summary="Run an img2img request and wait for the image",
+)
+async def run_v1(slug: str, request: Request, state: AppState = Depends(get_state)) -> Response:
+    check_slug(slug)
+    submitted = await submit(request, state)
+    spec = submitted.spec
+    if not await wait_for_end(state, spec.request_id, state.settings.sync_timeout_s):
+        record = await state.records.get(spec.request_id, submitted.key)
+        if not record.status.is_terminal():
+            await state.records.cancel(record)
+        raise GatewayTimeout(
+            f"request {spec.request_id} did not finish within {state.settings.sync_timeout_s:g} s"
+        )
+    record = await state.records.get(spec.request_id, submitted.key)
+    if record.status is Status.FAILED:
+        if record.error_status == 400:
+            raise InvalidInput(record.error)
+        raise ServiceError(record.error or "request failed")
+    result = record.result or {}
+    files = [image["file_name"] for image in result["images"]]
+    wanted = files if spec.base64 else files[:1]
+    outputs = [await state.records.output(spec.request_id, name) for name in wanted]
+    headers = {
+        **accounting_headers(submitted),
+        "x-seed-value": str(result["seeds"][0]),
+        "x-generation-time": f"{result['inference_time']:.4f}",
+    }
+    if not spec.base64:
+        return Response(outputs[0], media_type=CONTENT_TYPES[spec.output_format], headers=headers)
+    encoded = [base64.b64encode(data).decode() for data in outputs]
+    return JSONResponse({"image": encoded[0], "images": encoded, "seeds": result["seeds"]}, headers=headers)

@@ -1,0 +1,126 @@
+"""Submission: the path every v1 and v2 request takes from a validated body to a queued job.
+
+Round trips to Redis: authentication and rate limit (one Lua call, done by the route before the body
+is read), credit reservation and queue-full check (one Lua call), then the request record, the input
+image and the RQ job in one MULTI/EXEC pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from app.core import admission
+from app.core.api_keys import ApiKey
+from app.core.errors import Unavailable
+from app.core.image_intake import PreparedImage, load_input_bytes, load_input_image
+from app.core.job_spec import JOB_FUNCTION, JobSpec, Status
+from app.core.redis_keys import RedisKeys, RequestField
+from app.core.request_model import GenerationParams
+from app.core.settings import Settings
+from app.core.webhooks import check_webhook_url
+
+# A request that never starts still expires: its record and input image are not kept forever.
+PENDING_TTL_S = 24 * 3600
+# RQ's own per-job limit; generation is bounded by steps, this only catches a wedged worker.
+JOB_TIMEOUT_S = 3600
+
+
+@dataclass(frozen=True)
+class Submitted:
+    spec: JobSpec
+    key: ApiKey
+    remaining_credits: int | None
+
+
+class Submitter:
+    def __init__(self, settings: Settings, model_names: list[str], aio: Any, sync: redis.Redis) -> None:
+        self.settings = settings
+        self.keys = RedisKeys(settings.redis_prefix)
+        self.model_names = model_names
+        self.aio = aio
+        self.sync = sync
+        # One Queue object per model: rq caches the server version on it (one INFO call, not one per job).
+        self._queues = {
+            name: Queue(self.keys.queue_name(name), connection=sync, serializer=JSONSerializer)
+            for name in model_names
+        }
+
+    async def prepare(self, params: GenerationParams) -> PreparedImage:
+        if params.webhook_url:  # before fetching an image for a request that will be refused
+            check_webhook_url(params.webhook_url, self.settings)
+        if isinstance(params.image, bytes):
+            return await load_input_bytes(params.image, self.settings)
+        return await load_input_image(params.image, self.settings)
+
+    async def submit(
+        self, key: ApiKey, params: GenerationParams, image: PreparedImage, *, base_url: str
+    ) -> Submitted:
+        """`base_url`: the public base URL the request came in on (for its webhook's output URLs)."""
+        request_id = str(uuid.uuid4())
+        cost = params.samples * self.settings.credits_per_image
+        spec = params.to_job_spec(
+            request_id=request_id,
+            width=image.width,
+            height=image.height,
+            input_key=self.keys.input_image(request_id),
+            key_id=key.id,
+            cost=cost,
+        )
+        remaining = await admission.reserve(
+            self.aio,
+            self.keys,
+            self.settings,
+            key,
+            request_id=request_id,
+            cost=cost,
+            queue_keys=[self.keys.rq_queue_key(name) for name in self.model_names],
+            pending_ttl_s=PENDING_TTL_S,
+        )
+        try:
+            await anyio.to_thread.run_sync(self._enqueue, spec, image.png, params.webhook_url, base_url)
+        except redis.RedisError:
+            # Redis is down: the reservation and the half-written record expire with it.
+            with contextlib.suppress(redis.RedisError):
+                await admission.refund(self.aio, self.keys, request_id)
+            raise Unavailable() from None
+        return Submitted(spec=spec, key=key, remaining_credits=remaining)
+
+    def _enqueue(self, spec: JobSpec, png: bytes, webhook_url: str | None, base_url: str) -> None:
+        request_key = self.keys.request(spec.request_id)
+        record = {
+            RequestField.STATUS: Status.QUEUED.value,
+            RequestField.SPEC: spec.to_json(),
+            RequestField.KEY_ID: spec.key_id,
+            RequestField.COST: spec.cost,
+            RequestField.CREATED_AT: spec.created_at,
+            RequestField.ATTEMPTS: 0,
+        }
+        if webhook_url:
+            record[RequestField.WEBHOOK] = webhook_url
+            # The webhook's body names absolute output URLs; the deliverer has no HTTP request at hand.
+            record[RequestField.BASE_URL] = base_url
+        with self.sync.pipeline(transaction=True) as pipe:
+            pipe.multi()  # explicit: rq then adds its commands to this same MULTI/EXEC
+            pipe.hset(request_key, mapping=record)
+            pipe.expire(request_key, PENDING_TTL_S)
+            pipe.set(spec.input_key, png, ex=PENDING_TTL_S)
+            pipe.zadd(self.keys.queued, {spec.request_id: spec.created_at})
+            self._queues[spec.base_model].enqueue_call(
+                JOB_FUNCTION,
+                args=(spec.request_id,),
+                job_id=spec.request_id,
+                timeout=JOB_TIMEOUT_S,
+                result_ttl=0,
+                failure_ttl=self.settings.result_ttl_s,
+                ttl=PENDING_TTL_S,
+                pipeline=pipe,
+            )
+            pipe.execute()

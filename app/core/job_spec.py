@@ -1,0 +1,75 @@
+"""The job the API hands to a worker: the validated request (`JobSpec`), its statuses, and the
+names clients may match on (error strings, output formats).
+
+Free of web and GPU imports: the API and the worker both import it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+
+SLUG = "sdxl-img2img"
+# The worker's entry point, enqueued by dotted path with a JSON payload (never pickled objects).
+JOB_FUNCTION = "worker.tasks.run_request"
+OUTPUT_FORMATS = ("jpeg", "png", "webp")
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+FILE_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+SEED_MODULUS = 2**64
+
+
+class Status(StrEnum):
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    def is_terminal(self) -> bool:
+        return self in (Status.COMPLETED, Status.FAILED)
+
+
+# Error strings that clients may match on.
+CANCELLED = "cancelled"
+WORKER_LOST = "worker lost"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Every request field after validation and defaults, plus where the input image sits."""
+
+    request_id: str
+    base_model: str
+    scheduler: str
+    prompt: str
+    negative_prompt: str
+    num_inference_steps: int
+    guidance_scale: float
+    strength: float
+    samples: int
+    seed: int  # resolved: never -1 here; output i uses (seed + i) mod 2**64
+    output_format: str
+    output_quality: int
+    base64: bool
+    width: int  # working resolution, multiples of 8
+    height: int
+    input_key: str
+    key_id: str = ""
+    cost: int = 0
+    created_at: float = 0.0
+
+    def seeds(self) -> list[int]:
+        return [(self.seed + i) % SEED_MODULUS for i in range(self.samples)]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> JobSpec:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        # Forward compatible: a field added by a newer API version is ignored by an older worker.
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def file_name(self, index: int) -> str:
+        return f"{self.request_id}-{index}.{FILE_EXTENSIONS[self.output_format]}"

@@ -1,0 +1,104 @@
+"""Lost workers: a PROCESSING request whose worker's heartbeat has expired runs once more on another
+worker, or ends FAILED "worker lost" with its credits back (CONTRACT 6).
+
+Every worker runs a pass at each heartbeat, and so does the API (so that a request is not left
+PROCESSING when no worker at all is left). The decision itself is one Lua script, so two reapers
+never act twice on one request. A live worker whose job lost Redis mid-way hands its request back
+the same way (`hand_back`): nobody else would, since its heartbeat lives on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+
+from app.core import admission, job_metrics
+from app.core.job_spec import JobSpec, Status
+from app.core.lifecycle import Lifecycle, as_text
+from app.core.redis_keys import RedisKeys, RequestField
+
+log = logging.getLogger("sdxl.reaper")
+
+
+def reap_lost_requests(
+    client: redis.Redis, keys: RedisKeys, lifecycle: Lifecycle, *, stranded_after_s: float
+) -> dict[str, str]:
+    """One pass over the PROCESSING requests whose worker is dead and the QUEUED requests unchecked
+    for `stranded_after_s`; returns {request_id: outcome} for those acted on."""
+    acted = requeue_stranded(client, keys, lifecycle, older_than_s=stranded_after_s)
+    for raw_id in client.zrange(keys.processing, 0, -1):
+        request_id = raw_id.decode()
+        worker_id, spec_json = client.hmget(
+            keys.request(request_id), [RequestField.WORKER, RequestField.SPEC]
+        )
+        base_model = _base_model(spec_json)
+        outcome = as_text(
+            lifecycle.reap(client, request_id, (worker_id or b"").decode(), keys.queue_name(base_model))
+        )
+        if outcome == "ALIVE":
+            continue
+        acted[request_id] = outcome
+        _settle(client, keys, request_id, base_model, outcome)
+    return acted
+
+
+def requeue_stranded(
+    client: redis.Redis, keys: RedisKeys, lifecycle: Lifecycle, *, older_than_s: float, limit: int = 500
+) -> dict[str, str]:
+    """QUEUED requests in no queue (popped by a worker that died before starting them) go back to
+    the front of their queue. Each QUEUED request is checked once per `older_than_s`; a live worker
+    starts what it pops within milliseconds, and a request started twice is refused by `start`."""
+    acted: dict[str, str] = {}
+    due = client.zrangebyscore(keys.queued, "-inf", time.time() - older_than_s, start=0, num=limit)
+    for raw_id in due:
+        request_id = raw_id.decode()
+        base_model = _base_model(client.hget(keys.request(request_id), RequestField.SPEC))
+        outcome = as_text(lifecycle.strand(client, request_id, keys.queue_name(base_model)))
+        if outcome in ("REQUEUED", "FAILED"):
+            acted[request_id] = outcome
+            _settle(client, keys, request_id, base_model, outcome)
+    return acted
+
+
+def hand_back(
+    client: redis.Redis, keys: RedisKeys, lifecycle: Lifecycle, request_id: str, worker_id: str
+) -> str:
+    """A live worker gives up a request it holds (Redis failed under the job, so the job could not
+    end it): it runs once more, or ends FAILED "worker lost" with its credits back, as if the worker
+    had died. "GONE" when the request had ended after all; "ALIVE" when another worker holds it."""
+    base_model = _base_model(client.hget(keys.request(request_id), RequestField.SPEC))
+    outcome = as_text(
+        lifecycle.reap(client, request_id, worker_id, keys.queue_name(base_model), hand_back=True)
+    )
+    _settle(client, keys, request_id, base_model, outcome)
+    if (
+        outcome == "GONE"
+        and client.hget(keys.request(request_id), RequestField.STATUS) == Status.FAILED.value.encode()
+    ):
+        # The job ended it FAILED but Redis failed before the refund: refunds happen exactly once.
+        admission.refund_sync(client, keys, request_id)
+    return outcome
+
+
+def _base_model(spec_json: bytes | None) -> str:
+    """The request's base model (its queue); "" when the record has expired."""
+    return JobSpec.from_json(spec_json).base_model if spec_json else ""
+
+
+def _settle(client: redis.Redis, keys: RedisKeys, request_id: str, base_model: str, outcome: str) -> None:
+    if outcome == "FAILED":
+        admission.refund_sync(client, keys, request_id)
+        with client.pipeline(transaction=False) as pipe:
+            job_metrics.record_job(
+                pipe,
+                keys,
+                base_model=base_model,
+                status=Status.FAILED.value,
+                queue_time_s=None,
+                inference_time_s=None,
+            )
+            pipe.execute()
+    if outcome in ("FAILED", "REQUEUED"):
+        log.warning("worker lost", extra={"request_id": request_id, "outcome": outcome})

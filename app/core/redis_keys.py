@@ -1,0 +1,99 @@
+"""Names in Redis: every key and queue name this server creates (`RedisKeys`), and the field names
+of the request hash (`RequestField`), shared with the Lua scripts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Every Redis key and queue name this server creates, under one prefix."""
+
+    prefix: str
+
+    def request(self, request_id: str) -> str:
+        """Hash with the request's status, spec, progress, result and accounting."""
+        return f"{self.prefix}:req:{request_id}"
+
+    def input_image(self, request_id: str) -> str:
+        return f"{self.prefix}:in:{request_id}"
+
+    def output(self, request_id: str, file_name: str) -> str:
+        return f"{self.prefix}:out:{request_id}:{file_name}"
+
+    def done(self, request_id: str) -> str:
+        """A list the worker pushes to when the request ends; sync waiters BLPOP it."""
+        return f"{self.prefix}:done:{request_id}"
+
+    @property
+    def processing(self) -> str:
+        """Sorted set of PROCESSING request ids (score: start time), watched for lost workers."""
+        return f"{self.prefix}:processing"
+
+    @property
+    def queued(self) -> str:
+        """Sorted set of request ids that were QUEUED when last seen (score: when last checked), for
+        finding one a worker popped and died with before starting it (app/reaper.py)."""
+        return f"{self.prefix}:queued"
+
+    def worker(self, worker_id: str) -> str:
+        """Heartbeat of one worker, with a TTL: gone means dead."""
+        return f"{self.prefix}:worker:{worker_id}"
+
+    @property
+    def worker_pattern(self) -> str:
+        return f"{self.prefix}:worker:*"
+
+    def queue_name(self, base_model: str) -> str:
+        """RQ queue name for one base model (rq stores it under `rq:queue:<name>`)."""
+        return f"{self.prefix}.{base_model}"
+
+    def rq_queue_key(self, base_model: str) -> str:
+        return f"rq:queue:{self.queue_name(base_model)}"
+
+    def api_key(self, key_hash: str) -> str:
+        return f"{self.prefix}:key:{key_hash}"
+
+    @property
+    def api_key_index(self) -> str:
+        """Hash from key id to key hash, for listing and for revoking by id."""
+        return f"{self.prefix}:keys"
+
+    def rate(self, key_id: str) -> str:
+        return f"{self.prefix}:rate:{key_id}"
+
+    def metrics(self, name: str) -> str:
+        return f"{self.prefix}:metrics:{name}"
+
+    @property
+    def webhooks(self) -> str:
+        """Sorted set of webhook deliveries still to make, `<attempt>:<request id>` scored by when."""
+        return f"{self.prefix}:webhooks"
+
+    @property
+    def webhook_wake(self) -> str:
+        """A list pushed to when a delivery is added: the deliverers BLPOP it instead of polling."""
+        return f"{self.prefix}:webhooks:wake"
+
+
+# Fields of the request hash (RedisKeys.request). Written by the API at submission and by the worker.
+class RequestField:
+    STATUS = "status"
+    SPEC = "spec"
+    KEY_ID = "key_id"
+    COST = "cost"
+    CREATED_AT = "created_at"
+    STARTED_AT = "started_at"
+    FINISHED_AT = "finished_at"
+    ERROR = "error"
+    ERROR_STATUS = "error_status"  # the HTTP status a FAILED request deserves on v1 (400 or 500)
+    WORKER = "worker"
+    ATTEMPTS = "attempts"
+    STEP = "step"
+    TOTAL = "total"
+    RESULT = "result"  # JSON: {"images": [...], "seeds": [...], "inference_time": s}
+    CANCEL = "cancel"  # set to 1 when a cancel was asked for a PROCESSING request
+    REFUNDED = "refunded"  # set once credits were given back (exactly once)
+    WEBHOOK = "webhook_url"
+    BASE_URL = "base_url"  # the public base URL the request came in on, for the webhook's output URLs

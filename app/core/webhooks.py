@@ -1,0 +1,322 @@
+"""Webhooks (CONTRACT 6): the result body POSTed to `webhook_url` once the request ends, signed.
+
+How a delivery flows, and why:
+- at submission, a `webhook_url` naming a literal non-public IP (or `localhost`) is refused at once
+  (`check_webhook_url`: cheap, no DNS); the request's public base URL is stored with it, so the
+  body can name absolute output URLs later, with no HTTP request at hand;
+- every terminal transition (app/lua/finish, cancel, reap) adds `0:<request id>` to the deliveries
+  sorted set `RedisKeys.webhooks` (scored by when it is due) in the same atomic step as the end itself,
+  and pushes a token to `RedisKeys.webhook_wake`: a delivery is never lost between the two, even when no
+  API process runs at that moment;
+- a `Deliverer` runs in every API process (replicas share the work): it claims due deliveries with
+  one Lua call (app/lua/webhook_claim.lua), which also schedules each one's next attempt after a
+  lease, so that a process dying mid-POST loses nothing and two replicas never make the same
+  attempt; a 2xx removes that next attempt, a failure moves it to its backoff time
+  (`retry_delay_s`: base, 2 base, 4 base... with `SDXL_WEBHOOK_BACKOFF_S` as base), 1 + 5 attempts
+  in all; a refused address is never retried;
+- the POST goes through app/fetch.py's address checks (resolved once, every address checked,
+  connected to the checked address), follows no redirect, and has a 5 s connect and 10 s total
+  deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import ssl
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+import redis
+
+from app.core import job_metrics
+from app.core.answer_bodies import result_body
+from app.core.errors import InvalidInput
+from app.core.image_fetch import (
+    AddressPolicy,
+    AddressRefused,
+    checked_addresses,
+    default_policy,
+    is_public_address,
+    parse_ip_host,
+)
+from app.core.job_spec import JobSpec, Status
+from app.core.lifecycle import as_text, decode_hash, script_text
+from app.core.redis_clients import BLOCKING_SLICE_S
+from app.core.redis_keys import RedisKeys, RequestField
+from app.core.request_records import RequestRecord
+from app.core.settings import Settings
+
+log = logging.getLogger("sdxl.webhooks")
+
+MAX_RETRIES = 5  # CONTRACT 6: "retried with backoff up to 5 times"
+ATTEMPTS = 1 + MAX_RETRIES
+CONNECT_TIMEOUT_S = 5.0
+TOTAL_TIMEOUT_S = 10.0
+# A claimed attempt's next attempt comes due after this if nobody reports back (the process died).
+LEASE_S = TOTAL_TIMEOUT_S + 5.0
+MAX_IN_FLIGHT = 16  # concurrent POSTs per API process: one slow receiver does not hold up the rest
+USER_AGENT = "sdxl-img2img-webhook/1"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+# --- pure pieces ---------------------------------------------------------------------------------
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The `x-signature` header value: `sha256=<hex HMAC-SHA256 of the exact body bytes>`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def retry_delay_s(attempt: int, base_s: float) -> float | None:
+    """Seconds between failed attempt `attempt` (0 = the first) and the next; None: no retry left."""
+    if attempt >= MAX_RETRIES:
+        return None
+    return base_s * 2**attempt
+
+
+def member(attempt: int, request_id: str) -> str:
+    return f"{attempt}:{request_id}"
+
+
+def parse_member(value: str | bytes) -> tuple[int, str]:
+    text = as_text(value)
+    attempt, _, request_id = text.partition(":")
+    return int(attempt), request_id
+
+
+def check_webhook_url(url: str, settings: Settings) -> None:
+    """At submission, without DNS: refuse a host that is a literal non-public IP or `localhost`
+    (a name is checked again, resolved, at each delivery)."""
+    if settings.allow_private_urls:
+        return
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        raise InvalidInput("webhook_url is not a valid URL") from None
+    ip = parse_ip_host(host)
+    local_name = host.rstrip(".") == "localhost" or host.rstrip(".").endswith(".localhost")
+    if local_name or (ip is not None and not is_public_address(ip)):
+        raise InvalidInput(f"webhook_url host {host} is not a public address; refused")
+
+
+def body_bytes(body: dict[str, Any]) -> bytes:
+    # The same serialisation as the API's JSONResponse, so the bytes match GET /v2/requests/{id}.
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+# --- one delivery ---------------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """The webhook must not be sent: an unusable URL or an address the policy refuses."""
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"  # 2xx
+    FAILED = "failed"  # anything else: retried
+    REFUSED = "refused"  # the address is not allowed or the URL is unusable: never retried
+    GONE = "gone"  # the request record expired: nothing left to send
+
+
+@dataclass(frozen=True)
+class Delivery:
+    url: str
+    body: bytes
+
+
+async def load_delivery(aio: Any, keys: RedisKeys, request_id: str) -> Delivery | None:
+    """The webhook URL and the result body exactly as GET /v2/requests/{id} gives it."""
+    fields = decode_hash(await aio.hgetall(keys.request(request_id)))
+    url = fields.get(RequestField.WEBHOOK)
+    if not url or RequestField.STATUS not in fields or RequestField.SPEC not in fields:
+        return None
+    record = RequestRecord(
+        request_id, Status(fields[RequestField.STATUS]), JobSpec.from_json(fields[RequestField.SPEC]), fields
+    )
+    outputs: list[bytes] | None = None
+    result = record.result
+    if record.status is Status.COMPLETED and record.spec.base64 and result:
+        outputs = []
+        for image in result["images"]:
+            data = await aio.get(keys.output(request_id, image["file_name"]))
+            if data is None:
+                return None
+            outputs.append(data)
+    base_url = fields.get(RequestField.BASE_URL, "")
+    return Delivery(url=url, body=body_bytes(result_body(record, base_url, outputs)))
+
+
+async def post(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    policy: AddressPolicy,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+) -> int:
+    """POST `body` to `url` at an address checked by `policy`; returns the HTTP status.
+
+    Raises Refused when it must not be sent; InvalidInput (the host did not resolve),
+    httpx.HTTPError or TimeoutError when it could not be sent this time."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        raise Refused("webhook_url is not a valid URL") from None
+    if parsed.scheme not in _DEFAULT_PORTS or not parsed.raw_host:
+        raise Refused("webhook_url must be an http(s) URL with a host")
+    host = parsed.raw_host.decode("ascii")
+    port = parsed.port or _DEFAULT_PORTS[parsed.scheme]
+    with anyio.fail_after(TOTAL_TIMEOUT_S):
+        try:
+            addresses = await checked_addresses(host, port, policy, what="webhook_url")
+        except AddressRefused as exc:
+            raise Refused(str(exc)) from None
+        extensions = {}
+        if parsed.scheme == "https" and parse_ip_host(host) is None:
+            extensions["sni_hostname"] = host  # dial the checked IP, verify the certificate for the name
+        async with httpx.AsyncClient(
+            trust_env=False,
+            follow_redirects=False,
+            timeout=httpx.Timeout(TOTAL_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            verify=ssl_context or ssl.create_default_context(),
+        ) as client:
+            failure: Exception | None = None
+            for ip in addresses:
+                request = client.build_request(
+                    "POST",
+                    parsed.copy_with(host=str(ip)),
+                    content=body,
+                    headers={**headers, "Host": parsed.netloc.decode("ascii")},
+                    extensions=extensions,
+                )
+                try:
+                    response = await client.send(request, stream=True)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    failure = exc  # try the next address
+                    continue
+                await response.aclose()  # the answer's body is not needed (nor read: it may be huge)
+                return response.status_code
+            raise failure or httpx.ConnectError("no address to connect to")
+
+
+# --- the deliverer --------------------------------------------------------------------------------
+
+
+class Deliverer:
+    """Runs in each API process: claims due deliveries, POSTs them, schedules the retries."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        keys: RedisKeys,
+        aio: Any,
+        *,
+        policy: AddressPolicy | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.aio = aio
+        self.policy = policy or default_policy(settings)
+        self.ssl_context = ssl_context
+        self._claim = aio.register_script(script_text("webhook_claim"))
+        self._retry = aio.register_script(script_text("webhook_retry"))
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Forever; Redis outages are waited out. Cancel the task to stop (in-flight POSTs stop too:
+        their next attempt comes due after the lease)."""
+        try:
+            while True:
+                try:
+                    await self.step()
+                except redis.RedisError as exc:
+                    log.warning("webhooks: Redis unavailable", extra={"error": str(exc)})
+                    await asyncio.sleep(1)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def step(self) -> None:
+        """Claim what is due (as many as there are free slots) and start it; else wait for a wake-up
+        token or the next due time, at most BLOCKING_SLICE_S (below the Redis socket timeout)."""
+        free = MAX_IN_FLIGHT - len(self._tasks)
+        claimed, wait = await self._claim(keys=[self.keys.webhooks], args=[free, LEASE_S, ATTEMPTS])
+        for value in claimed:
+            attempt, request_id = parse_member(value)
+            task = asyncio.create_task(self.deliver(request_id, attempt))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if claimed:
+            return
+        if free == 0:
+            await asyncio.wait(self._tasks, timeout=BLOCKING_SLICE_S, return_when=asyncio.FIRST_COMPLETED)
+            return
+        wait_s = float(wait)
+        timeout = BLOCKING_SLICE_S if wait_s < 0 else min(BLOCKING_SLICE_S, max(wait_s, 0.01))
+        await self.aio.blpop([self.keys.webhook_wake], timeout=timeout)
+
+    async def deliver(self, request_id: str, attempt: int) -> Outcome:
+        """One attempt; reports back to the deliveries set. Never raises (but for cancellation)."""
+        try:
+            outcome, status = await self._attempt(request_id, attempt)
+        except Exception as exc:  # a bug must not kill the deliverer; the lease retries it
+            log.exception(
+                "webhook: attempt crashed", extra={"request_id": request_id, "attempt": attempt + 1}
+            )
+            outcome, status = Outcome.FAILED, str(exc)
+        next_member = member(attempt + 1, request_id)
+        try:
+            delay = retry_delay_s(attempt, self.settings.webhook_backoff_s)
+            if outcome is Outcome.FAILED and delay is not None:
+                await self._retry(
+                    keys=[self.keys.webhooks, self.keys.webhook_wake], args=[next_member, delay]
+                )
+            else:
+                await self.aio.zrem(self.keys.webhooks, next_member)
+            await self.aio.hincrby(self.keys.metrics(job_metrics.WEBHOOKS), outcome.value, 1)
+        except redis.RedisError as exc:
+            # The next attempt stays scheduled after its lease: a success may be sent once more.
+            log.warning(
+                "webhook: could not record the outcome", extra={"request_id": request_id, "error": str(exc)}
+            )
+        level = logging.INFO if outcome is Outcome.DELIVERED else logging.WARNING
+        log.log(
+            level,
+            f"webhook {outcome.value}",
+            extra={"request_id": request_id, "attempt": attempt + 1, "status": status},
+        )
+        return outcome
+
+    async def _attempt(self, request_id: str, attempt: int) -> tuple[Outcome, int | str | None]:
+        delivery = await load_delivery(self.aio, self.keys, request_id)
+        if delivery is None:
+            return Outcome.GONE, None
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "x-request-id": request_id,
+            "x-webhook-attempt": str(attempt + 1),
+        }
+        if self.settings.webhook_secret:
+            headers["x-signature"] = sign(delivery.body, self.settings.webhook_secret)
+        try:
+            code = await post(delivery.url, delivery.body, headers, self.policy, ssl_context=self.ssl_context)
+        except Refused as exc:
+            return Outcome.REFUSED, str(exc)
+        except InvalidInput as exc:  # the name did not resolve: DNS may answer next time
+            return Outcome.FAILED, str(exc)
+        except (httpx.HTTPError, TimeoutError, OSError) as exc:
+            return Outcome.FAILED, f"{type(exc).__name__}: {exc}"
+        return (Outcome.DELIVERED if 200 <= code < 300 else Outcome.FAILED), code
