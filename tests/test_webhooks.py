@@ -22,10 +22,11 @@ import pytest
 import redis.asyncio as aioredis
 from PIL import Image
 
+from app.core import lua_scripts
 from app.core.errors import InvalidInput
 from app.core.image_fetch import is_public_address
 from app.core.job_spec import JobSpec, Status
-from app.core.lifecycle import Lifecycle, failed_fields, script_text
+from app.core.lifecycle import Lifecycle, failed_fields
 from app.core.redis_keys import RedisKeys, RequestField
 from app.core.settings import Settings
 from app.core.webhooks import ATTEMPTS, Deliverer, Outcome, check_webhook_url, member, retry_delay_s, sign
@@ -234,16 +235,25 @@ def test_finish_queues_a_delivery_only_when_a_webhook_was_given(settings, redis_
     processing_record(redis_client, keys, "plain", webhook=False)
     processing_record(redis_client, keys, "hooked", webhook=True)
     outputs = {"hooked-0.jpg": b"jpeg"}
-    assert lifecycle.finish(redis_client, "plain", "w1", failed_fields("x", 500)) == 1
+    assert lifecycle.finish(redis_client, "plain", "w1", failed_fields("x", 500)) == b"DONE"
     assert redis_client.zcard(keys.webhooks) == 0
-    assert lifecycle.finish(redis_client, "hooked", "w1", failed_fields("x", 500), outputs) == 1
+    assert lifecycle.finish(redis_client, "hooked", "w1", failed_fields("x", 500), outputs) == b"DONE"
     assert redis_client.zrange(keys.webhooks, 0, -1) == [b"0:hooked"]
     assert redis_client.get(keys.output("hooked", "hooked-0.jpg")) == b"jpeg"  # outputs still stored
 
 
 def test_claim_takes_each_due_attempt_once_and_leases_the_next(settings, redis_client):
     keys = RedisKeys(settings.redis_prefix)
-    claim = redis_client.register_script(script_text("webhook_claim"))
+
+    def claim(keys: list[str], args: list[int]) -> list:
+        [most, lease, attempts] = args
+        return lua_scripts.run(
+            redis_client,
+            "webhook_claim",
+            keys={"deliveries": keys[0]},
+            args={"most": most, "lease": lease, "attempts": attempts},
+        )
+
     now = float(redis_client.time()[0])
     redis_client.zadd(keys.webhooks, {"0:a": now - 2, "5:b": now - 1, "0:c": now + 100})
     claimed, wait = claim(keys=[keys.webhooks], args=[10, 15, ATTEMPTS])

@@ -2,7 +2,7 @@
 
 RQ hands a worker one job at a time; to run several in one pipeline call, the worker looks at the
 head of the same RQ queue for QUEUED requests the engine can run together (`batch_key`) and takes
-them in one Lua step (app/lua/claim.lua), which refuses any a cancel or another worker got first.
+them in one Lua step (app/core/lua/claim.lua), which refuses any a cancel or another worker got first.
 Taken requests are PROCESSING in this worker's name and in the processing zset, exactly as after
 `start`, so the reaper treats each one individually if the worker dies. Their RQ job hashes stay
 (the reaper needs one to queue a request again) and are deleted once each request has ended.
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import redis
 
+from app.core import lua_scripts
 from app.core.job_spec import JobSpec, Status
-from app.core.lifecycle import as_text, script_text
+from app.core.lifecycle import as_text
 from app.core.redis_keys import RedisKeys, RequestField
 from worker.engine import batch_key
 
@@ -59,18 +60,20 @@ def claim(
     name, atomically; returns their ids. `started_at`: `first`'s start, which they share."""
     if not candidates:
         return []
-    taken = client.register_script(script_text("claim"))(
-        keys=[
-            keys.processing,
-            keys.rq_queue_key(first.base_model),
-            keys.queued,
-            *[keys.request(request_id) for request_id in candidates],
-        ],
-        args=[worker_id, started_at, *candidates],
+    taken = lua_scripts.run(
+        client,
+        "claim",
+        keys={
+            "processing": keys.processing,
+            "queue": keys.rq_queue_key(first.base_model),
+            "queued": keys.queued,
+            "requests": [keys.request(request_id) for request_id in candidates],
+        },
+        args={"worker": worker_id, "now": started_at, "ids": candidates},
     )
     return [as_text(raw) for raw in taken]
 
 
 def rq_job_key(request_id: str) -> str:
-    """RQ's hash for a job (rq job id == request id, see app/submission.py)."""
-    return f"rq:job:{request_id}"
+    """RQ's hash for a job (rq job id == request id, see app/api/submission.py)."""
+    return RedisKeys.rq_job(request_id)

@@ -144,7 +144,7 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
     context = WorkerContext(
         worker_id=new_worker_id(),
         keys=keys,
-        lifecycle=Lifecycle(keys, settings.result_ttl_s),
+        lifecycle=Lifecycle(keys, settings.result_ttl_s, settings.max_queue_time_s),
         redis=sync_client(settings),
         engine=engine,
         max_batch=settings.max_batch,

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from PIL import Image
 
-from app.core import admission, job_metrics
+from app.core import job_metrics
 from app.core.job_spec import CANCELLED, JobSpec, Status
 from app.core.lifecycle import Lifecycle, as_text, completed_fields, failed_fields
 from app.core.logging_setup import bind_request_id, request_id_var
@@ -154,26 +154,27 @@ def _forget_rq_jobs(ctx: WorkerContext, request_ids: list[str]) -> None:
 
 
 class _Watch:
-    """Progress and cancel flags for every request of a batch: one round trip per step."""
+    """Progress, cancel flags and ownership for every request of a batch: one Lua step per step.
+
+    A request is dropped from the run when it is cancelled, or when it is not this worker's any
+    more: a worker frozen longer than its heartbeat (SIGSTOP, swap) whose request was taken over
+    stops at its next step instead of running on beside its replacement."""
 
     def __init__(self, ctx: WorkerContext, specs: list[JobSpec]) -> None:
         self.ctx = ctx
-        self.request_keys = [ctx.keys.request(spec.request_id) for spec in specs]
-        with ctx.redis.pipeline(transaction=False) as pipe:
-            for key in self.request_keys:
-                pipe.hexists(key, RequestField.CANCEL)
-            self.flags = [bool(flag) for flag in pipe.execute()]
+        self.request_ids = [spec.request_id for spec in specs]
+        self._read(None, 0)
+
+    def _read(self, step: int | None, total: int) -> None:
+        flags = self.ctx.lifecycle.progress(self.ctx.redis, self.request_ids, self.ctx.worker_id, step, total)
+        self.cancelled = [int(flag) == 1 for flag in flags]
+        self.lost = [int(flag) == 2 for flag in flags]
 
     def on_step(self, step: int, total: int) -> None:
-        with self.ctx.redis.pipeline(transaction=False) as pipe:
-            for key in self.request_keys:
-                pipe.hset(key, mapping={RequestField.STEP: step, RequestField.TOTAL: total})
-                pipe.hget(key, RequestField.CANCEL)
-            replies = pipe.execute()
-        self.flags = [cancel is not None for cancel in replies[1::2]]
+        self._read(step, total)
 
     def should_cancel(self) -> bool:
-        return any(self.flags)
+        return any(self.cancelled) or any(self.lost)
 
 
 def _generate(ctx: WorkerContext, jobs: list[tuple[JobSpec, bytes]]) -> dict[str, str]:
@@ -199,13 +200,9 @@ def _generate(ctx: WorkerContext, jobs: list[tuple[JobSpec, bytes]]) -> dict[str
         try:
             results = ctx.engine.generate(batch, on_step=watch.on_step, should_cancel=watch.should_cancel)
         except JobCancelled:
-            flags = watch.flags if any(watch.flags) else [True] * len(batch)
-            for job, cancelled in zip(batch, flags, strict=True):
-                if cancelled:
-                    outcomes[job.spec.request_id] = _fail(ctx, job.spec, CANCELLED, 500)
-            batch = [job for job, cancelled in zip(batch, flags, strict=True) if not cancelled]
+            batch = _drop_stopped(ctx, batch, watch, outcomes)
             if batch:
-                log.info("batch restarted without its cancelled requests", extra={"batch_size": len(batch)})
+                log.info("batch restarted without its stopped requests", extra={"batch_size": len(batch)})
             continue
         except JobInputError as exc:
             return fail_all(str(exc), 400)
@@ -222,6 +219,22 @@ def _generate(ctx: WorkerContext, jobs: list[tuple[JobSpec, bytes]]) -> dict[str
     return outcomes
 
 
+def _drop_stopped(ctx: WorkerContext, batch: list[Any], watch: _Watch, outcomes: dict[str, str]) -> list[Any]:
+    """After a stopped engine call: cancelled requests end FAILED "cancelled", those taken over by
+    another worker are let go untouched; the rest of the batch is returned to run again."""
+    stopped = [c or lost for c, lost in zip(watch.cancelled, watch.lost, strict=True)]
+    if not any(stopped):  # the engine stopped with no flag seen by the watch: treat all as cancelled
+        stopped, watch.cancelled = [True] * len(batch), [True] * len(batch)
+    for job, cancelled, lost in zip(batch, watch.cancelled, watch.lost, strict=True):
+        if lost and not cancelled:
+            with bind_request_id(job.spec.request_id):
+                log.warning("request taken over by another worker: stopped here")
+            outcomes[job.spec.request_id] = "lost"
+        elif cancelled:
+            outcomes[job.spec.request_id] = _fail(ctx, job.spec, CANCELLED, 500)
+    return [job for job, stop in zip(batch, stopped, strict=True) if not stop]
+
+
 def _complete(ctx: WorkerContext, spec: JobSpec, result: Any) -> str:
     outputs = {spec.file_name(i): data for i, data in enumerate(result.images)}
     images = [
@@ -230,25 +243,30 @@ def _complete(ctx: WorkerContext, spec: JobSpec, result: Any) -> str:
     ]
     body = {"images": images, "seeds": result.seeds, "inference_time": result.inference_time}
     with bind_request_id(spec.request_id):
-        held = ctx.lifecycle.finish(
-            ctx.redis, spec.request_id, ctx.worker_id, completed_fields(body), outputs
+        outcome = as_text(
+            ctx.lifecycle.finish(ctx.redis, spec.request_id, ctx.worker_id, completed_fields(body), outputs)
         )
-        if held:
+        if outcome == "DONE":
             _record(ctx, spec, Status.COMPLETED, result.inference_time)
             log.info("request completed", extra={"inference_time": round(result.inference_time, 4)})
-    return "completed"
+            return "completed"
+        if outcome == "CANCELLED":  # cancelled after its last step: FAILED and refunded, not charged
+            _record(ctx, spec, Status.FAILED, None)
+            log.warning("request cancelled after its last step", extra={"error": CANCELLED})
+            return "failed"
+    return "lost"
 
 
 def _fail(ctx: WorkerContext, spec: JobSpec, error: str, error_status: int) -> str:
     with bind_request_id(spec.request_id):
-        held = ctx.lifecycle.finish(
-            ctx.redis, spec.request_id, ctx.worker_id, failed_fields(error, error_status)
-        )
-        if held:
-            admission.refund_sync(ctx.redis, ctx.keys, spec.request_id)
+        # The refund is part of finish's Lua step: no process death can fall between the two.
+        fields = failed_fields(error, error_status)
+        outcome = as_text(ctx.lifecycle.finish(ctx.redis, spec.request_id, ctx.worker_id, fields))
+        if outcome == "DONE":
             _record(ctx, spec, Status.FAILED, None)
             log.warning("request failed", extra={"error": error})
-    return "failed"
+            return "failed"
+    return "lost"
 
 
 def _record(ctx: WorkerContext, spec: JobSpec, status: Status, inference_time: float | None) -> None:

@@ -41,7 +41,7 @@ def build_state(settings: Settings, models: ModelsConfig) -> AppState:
     keys = RedisKeys(settings.redis_prefix)
     aio = async_client(settings)
     sync = sync_client(settings)
-    lifecycle = Lifecycle(keys, settings.result_ttl_s)
+    lifecycle = Lifecycle(keys, settings.result_ttl_s, settings.max_queue_time_s)
     return AppState(
         settings=settings,
         models=models,

@@ -2,7 +2,10 @@
 
 Round trips to Redis: authentication and rate limit (one Lua call, done by the route before the body
 is read), credit reservation and queue-full check (one Lua call), then the request record, the input
-image and the RQ job in one MULTI/EXEC pipeline.
+image and the RQ job in one MULTI/EXEC pipeline that WATCHes the reservation. Reserve and enqueue
+are two steps, so the reservation is indexed: one whose request never follows (this process died, or
+Redis failed, in between) is rolled back by the reaper, and an enqueue that comes after a roll back
+fails (WATCH) instead of running a request nobody paid for.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from app.core.request_model import GenerationParams
 from app.core.settings import Settings
 from app.core.webhooks import check_webhook_url
 
-# A request that never starts still expires: its record and input image are not kept forever.
-PENDING_TTL_S = 24 * 3600
 # RQ's own per-job limit; generation is bounded by steps, this only catches a wedged worker.
 JOB_TIMEOUT_S = 3600
+
+
+class ReservationLost(Exception):
+    """The reservation was rolled back before the request could be written (this process stalled)."""
 
 
 @dataclass(frozen=True)
@@ -82,15 +87,16 @@ class Submitter:
             request_id=request_id,
             cost=cost,
             queue_keys=[self.keys.rq_queue_key(name) for name in self.model_names],
-            pending_ttl_s=PENDING_TTL_S,
+            pending_ttl_s=self.settings.pending_ttl_s,
         )
         try:
             await anyio.to_thread.run_sync(self._enqueue, spec, image.png, params.webhook_url, base_url)
-        except redis.RedisError:
-            # Redis is down: the reservation and the half-written record expire with it.
+        except (redis.RedisError, ReservationLost):
+            # Give the credits back now if Redis lets us (else the reaper will). The EXEC may have
+            # run with its reply lost: then the request exists, and its id lets the client see it.
             with contextlib.suppress(redis.RedisError):
-                await admission.refund(self.aio, self.keys, request_id)
-            raise Unavailable() from None
+                await anyio.to_thread.run_sync(admission.unreserve, self.sync, self.keys, request_id)
+            raise Unavailable(headers={"x-request-id": request_id}) from None
         return Submitted(spec=spec, key=key, remaining_credits=remaining)
 
     def _enqueue(self, spec: JobSpec, png: bytes, webhook_url: str | None, base_url: str) -> None:
@@ -107,12 +113,19 @@ class Submitter:
             record[RequestField.WEBHOOK] = webhook_url
             # The webhook's body names absolute output URLs; the deliverer has no HTTP request at hand.
             record[RequestField.BASE_URL] = base_url
+        ttl = self.settings.pending_ttl_s
         with self.sync.pipeline(transaction=True) as pipe:
+            # WATCH: a roll back of the reservation (the reaper, if this process stalled) between
+            # here and EXEC makes the EXEC fail.
+            pipe.watch(request_key)
+            if pipe.hget(request_key, RequestField.KEY_ID) is None:
+                raise ReservationLost(spec.request_id)
             pipe.multi()  # explicit: rq then adds its commands to this same MULTI/EXEC
             pipe.hset(request_key, mapping=record)
-            pipe.expire(request_key, PENDING_TTL_S)
-            pipe.set(spec.input_key, png, ex=PENDING_TTL_S)
+            pipe.expire(request_key, ttl)
+            pipe.set(spec.input_key, png, ex=ttl)
             pipe.zadd(self.keys.queued, {spec.request_id: spec.created_at})
+            pipe.zrem(self.keys.reservations, spec.request_id)
             self._queues[spec.base_model].enqueue_call(
                 JOB_FUNCTION,
                 args=(spec.request_id,),
@@ -120,7 +133,10 @@ class Submitter:
                 timeout=JOB_TIMEOUT_S,
                 result_ttl=0,
                 failure_ttl=self.settings.result_ttl_s,
-                ttl=PENDING_TTL_S,
+                ttl=ttl,
                 pipeline=pipe,
             )
-            pipe.execute()
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                raise ReservationLost(spec.request_id) from None

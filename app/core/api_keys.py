@@ -26,23 +26,12 @@ from typing import Any
 
 import redis
 
+from app.core import lua_scripts
 from app.core.errors import InvalidInput, NotFound
-from app.core.redis_keys import RedisKeys
+from app.core.redis_keys import KeyField, RedisKeys
 
 KEY_PREFIX = "sk-sdxl-"
 ID_PREFIX = "key_"
-
-
-class KeyField:
-    """Field names of a key hash (shared with the Lua scripts of `app.admission`)."""
-
-    ID = "id"
-    NAME = "name"
-    CREATED_AT = "created_at"
-    CREDITS = "credits"
-    RPM = "rpm"
-    MODELS = "models"
-    DISABLED = "disabled"
 
 
 @dataclass(frozen=True)
@@ -96,25 +85,6 @@ def record_from_fields(fields: Mapping[Any, Any]) -> ApiKey:
     )
 
 
-# Creates the key hash and its index entry together, or nothing: an existing key is never
-# overwritten (its balance would be lost), and an id clash is reported so that a new id is drawn.
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-return 1
-"""
-
-# Adds to a balance only if the key has one: HINCRBY on a missing field would turn an unlimited
-# key into one with a small balance.
-_ADD_CREDITS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {-2} end
-return {1, redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])}
-"""
-
-
 def _validate(name: str, credits: int | None, rpm: int | None, models: Sequence[str] | None) -> None:
     if not name or not name.strip():
         raise InvalidInput("name must not be empty")
@@ -138,7 +108,6 @@ def _insert(
 ) -> ApiKey | None:
     """Store a new key; None when that key already exists."""
     key_hash = hash_key(clear_key)
-    create = r.register_script(_CREATE)
     while True:
         record = ApiKey(
             id=ID_PREFIX + secrets.token_hex(4),
@@ -166,7 +135,14 @@ def _insert(
         if record.models is not None:
             fields += [KeyField.MODELS, json.dumps(list(record.models))]
         outcome = int(
-            create(keys=[keys.api_key(key_hash), keys.api_key_index], args=[record.id, key_hash, *fields])
+            # The hash and its index entry together, or nothing (app/core/lua/create_key.lua): an
+            # existing key is never overwritten, and an id clash draws a new id.
+            lua_scripts.run(
+                r,
+                "create_key",
+                keys={"key": keys.api_key(key_hash), "index": keys.api_key_index},
+                args={"id": record.id, "hash": key_hash, "fields": fields},
+            )
         )
         if outcome == 1:
             return record
@@ -249,7 +225,7 @@ def add_credits(r: redis.Redis, keys: RedisKeys, key_or_id: str, amount: int) ->
     if amount <= 0:
         raise InvalidInput(f"amount must be 1 or more, got {amount}")
     redis_key = _resolve(r, keys, key_or_id)
-    outcome = r.register_script(_ADD_CREDITS)(keys=[redis_key], args=[KeyField.CREDITS, amount])
+    outcome = lua_scripts.run(r, "add_credits", keys={"key": redis_key}, args={"amount": amount})
     if int(outcome[0]) == -1:
         raise NotFound(f"No API key matches {_masked(key_or_id)}")
     if int(outcome[0]) == -2:

@@ -32,6 +32,8 @@ class Status(StrEnum):
 # Error strings that clients may match on.
 CANCELLED = "cancelled"
 WORKER_LOST = "worker lost"
+EXPIRED_IN_QUEUE = "expired in queue"
+ENDING_ERRORS = {"CANCELLED": CANCELLED, "WORKER_LOST": WORKER_LOST, "EXPIRED_IN_QUEUE": EXPIRED_IN_QUEUE}
 
 
 @dataclass(frozen=True)

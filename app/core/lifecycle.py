@@ -1,7 +1,9 @@
 """The request state machine, decided inside Redis (Lua) so API, workers and reapers never race.
 
 QUEUED -> PROCESSING -> COMPLETED | FAILED, plus cancel (QUEUED -> FAILED at once, PROCESSING flagged)
-and reap (PROCESSING with a dead worker -> QUEUED again once, then FAILED "worker lost").
+and reap (PROCESSING with a dead worker -> QUEUED again once, then FAILED "worker lost"), and the
+queue-time limit (QUEUED too long -> FAILED "expired in queue"). Every FAILED end is refunded in the
+same Lua step that ends the request (app/core/lua/_end_request.lua).
 Torch- and web-free: the worker calls it with a sync client, the API with an async one; the script
 objects returned by `register_script` work for both.
 """
@@ -11,39 +13,49 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
-from app.core.job_spec import CANCELLED, WORKER_LOST, Status
+from app.core import lua_scripts
+from app.core.job_spec import Status
 from app.core.redis_keys import RedisKeys, RequestField
 
 MAX_ATTEMPTS = 2  # a request whose worker died runs once more, then fails "worker lost"
-
-
-@cache
-def script_text(name: str) -> str:
-    """A script's text; those that end a request get the shared `end_request` function in front."""
-    text = resources.files("app.core.lua").joinpath(f"{name}.lua").read_text()
-    if "end_request(" in text:
-        text = resources.files("app.core.lua").joinpath("_end_request.lua").read_text() + text
-    return text
 
 
 @dataclass(frozen=True)
 class Lifecycle:
     keys: RedisKeys
     result_ttl_s: int
+    max_queue_time_s: float = 0  # SDXL_MAX_QUEUE_TIME_S (0: no limit)
 
-    def _script(self, client: Any, name: str) -> Any:
-        # register_script only hashes the text; EVALSHA falls back to EVAL once per connection.
-        return client.register_script(script_text(name))
+    def _ending(self, request_id: str, **keys: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The keys and arguments every script that may end a request takes (_end_request.lua)."""
+        ending_keys = {
+            "request": self.keys.request(request_id),
+            "done": self.keys.done(request_id),
+            "input": self.keys.input_image(request_id),
+            "webhooks": self.keys.webhooks,
+            "wake": self.keys.webhook_wake,
+            "queued": self.keys.queued,
+            "processing": self.keys.processing,
+            "key_index": self.keys.api_key_index,
+            "rq_job": self.keys.rq_job(request_id),
+            **keys,
+        }
+        args = {"request_id": request_id, "ttl": self.result_ttl_s, "key_prefix": self.keys.api_key("")}
+        return ending_keys, args
 
     def start(self, client: Any, request_id: str, worker_id: str) -> Any:
         """Returns "OK" when this worker now holds the request, else the status that prevented it."""
-        return self._script(client, "start")(
-            keys=[self.keys.request(request_id), self.keys.processing, self.keys.queued],
-            args=[request_id, worker_id, time.time()],
+        return lua_scripts.run(
+            client,
+            "start",
+            keys={
+                "request": self.keys.request(request_id),
+                "processing": self.keys.processing,
+                "queued": self.keys.queued,
+            },
+            args={"request_id": request_id, "worker": worker_id, "now": time.time()},
         )
 
     def finish(
@@ -54,89 +66,71 @@ class Lifecycle:
         fields: dict[str, Any],
         outputs: dict[str, bytes] | None = None,
     ) -> Any:
-        """Ends the request with `fields` (status, error or result...) and stores outputs, atomically.
+        """Ends the request with `fields` (status, error or result...) and stores outputs, atomically;
+        a FAILED end is refunded in the same step.
 
-        Returns 1, or 0 when this worker no longer holds the request (it was presumed lost)."""
+        Returns "DONE", "CANCELLED" (a cancel was accepted before this completion: FAILED
+        "cancelled", refunded, outputs dropped) or "NOT_HELD" (this worker no longer holds it)."""
         outputs = outputs or {}
-        flat: list[Any] = []
-        for name, value in fields.items():
-            flat += [name, value]
-        return self._script(client, "finish")(
-            keys=[
-                self.keys.request(request_id),
-                self.keys.processing,
-                self.keys.done(request_id),
-                self.keys.input_image(request_id),
-                self.keys.webhooks,
-                self.keys.webhook_wake,
-                *[self.keys.output(request_id, name) for name in outputs],
-            ],
-            args=[request_id, worker_id, self.result_ttl_s, len(fields), *flat, *outputs.values()],
+        keys, args = self._ending(request_id)
+        keys["outputs"] = [self.keys.output(request_id, name) for name in outputs]
+        text_fields = {name: str(value) for name, value in fields.items()}
+        return lua_scripts.run(
+            client,
+            "finish",
+            keys=keys,
+            args={
+                **args,
+                "worker": worker_id,
+                "now": time.time(),
+                "fields": json.dumps(text_fields),
+                "data": list(outputs.values()),
+            },
         )
 
     def cancel(self, client: Any, request_id: str, queue_name: str) -> Any:
-        """ "CANCELLED" (was queued: now FAILED, refund due), "REQUESTED" (running: stops at the next
-        step), "FINISHED" (already terminal) or "MISSING"."""
-        return self._script(client, "cancel")(
-            keys=[
-                self.keys.request(request_id),
-                f"rq:queue:{queue_name}",
-                self.keys.done(request_id),
-                self.keys.input_image(request_id),
-                self.keys.webhooks,
-                self.keys.webhook_wake,
-                self.keys.queued,
-            ],
-            args=[request_id, time.time(), self.result_ttl_s, CANCELLED],
-        )
+        """ "CANCELLED" (was queued, or already ended by a cancel: FAILED, refunded), "REQUESTED"
+        (running: stops at the next step), "FINISHED" (ended otherwise) or "MISSING"."""
+        keys, args = self._ending(request_id, queue=f"rq:queue:{queue_name}")
+        return lua_scripts.run(client, "cancel", keys=keys, args={**args, "now": time.time()})
 
     def strand(self, client: Any, request_id: str, queue_name: str) -> Any:
-        """ "GONE" (not QUEUED any more), "WAITING" (still in its queue), "REQUEUED" (was in no
-        queue: back at the front) or "FAILED" (its RQ job expired: worker lost, refund due)."""
-        return self._script(client, "strand")(
-            keys=[
-                self.keys.request(request_id),
-                f"rq:queue:{queue_name}",
-                f"rq:job:{request_id}",
-                self.keys.queued,
-                self.keys.done(request_id),
-                self.keys.input_image(request_id),
-                self.keys.webhooks,
-                self.keys.webhook_wake,
-            ],
-            args=[request_id, time.time(), self.result_ttl_s, WORKER_LOST],
-        )
+        """ "GONE" (not QUEUED any more), "EXPIRED" (past SDXL_MAX_QUEUE_TIME_S: FAILED, refunded),
+        "WAITING" (still in its queue), "REQUEUED" (was in no queue: back at the front) or "FAILED"
+        (its RQ job expired: worker lost, refunded)."""
+        keys, args = self._ending(request_id, queue=f"rq:queue:{queue_name}")
+        args |= {"now": time.time(), "max_queue_time": self.max_queue_time_s}
+        return lua_scripts.run(client, "strand", keys=keys, args=args)
 
     def reap(
         self, client: Any, request_id: str, worker_id: str, queue_name: str, *, hand_back: bool = False
     ) -> Any:
-        """ "ALIVE", "GONE", "REQUEUED" or "FAILED" (worker lost: refund due).
+        """ "ALIVE", "GONE", "REQUEUED" or "FAILED" (worker lost, refunded in the same step).
 
         `worker_id` is the worker the caller saw holding the request: nothing happens when another
         has taken it over since. `hand_back`: that worker itself gives the request up (it is alive,
         but Redis failed under its job), so its live heartbeat does not count."""
-        return self._script(client, "reap")(
-            keys=[
-                self.keys.request(request_id),
-                self.keys.processing,
-                self.keys.worker(worker_id),
-                f"rq:queue:{queue_name}",
-                f"rq:job:{request_id}",
-                self.keys.done(request_id),
-                self.keys.input_image(request_id),
-                self.keys.webhooks,
-                self.keys.webhook_wake,
-                self.keys.queued,
-            ],
-            args=[
-                request_id,
-                time.time(),
-                self.result_ttl_s,
-                MAX_ATTEMPTS,
-                WORKER_LOST,
-                worker_id,
-                "1" if hand_back else "0",
-            ],
+        keys, args = self._ending(
+            request_id, queue=f"rq:queue:{queue_name}", heartbeat=self.keys.worker(worker_id)
+        )
+        args |= {
+            "now": time.time(),
+            "max_attempts": MAX_ATTEMPTS,
+            "seen_worker": worker_id,
+            "hand_back": "1" if hand_back else "0",
+        }
+        return lua_scripts.run(client, "reap", keys=keys, args=args)
+
+    def progress(
+        self, client: Any, request_ids: list[str], worker_id: str, step: int | None, total: int
+    ) -> Any:
+        """Writes a step's progress for the requests `worker_id` still holds; for each request 0 (run
+        on), 1 (cancelled) or 2 (not this worker's any more). `step=None` only reads."""
+        return lua_scripts.run(
+            client,
+            "progress",
+            keys={"requests": [self.keys.request(request_id) for request_id in request_ids]},
+            args={"worker": worker_id, "step": "" if step is None else step, "total": total},
         )
 
 

@@ -1,5 +1,8 @@
 """Lost workers: a PROCESSING request whose worker's heartbeat has expired runs once more on another
-worker, or ends FAILED "worker lost" with its credits back (CONTRACT 6).
+worker, or ends FAILED "worker lost" with its credits back (CONTRACT 6). The same passes end QUEUED
+requests past SDXL_MAX_QUEUE_TIME_S ("expired in queue") and roll back credit reservations whose
+request was never written (the API died between reserve and enqueue). Every refund is made by the
+Lua step that ends the request, never by a second call.
 
 Every worker runs a pass at each heartbeat, and so does the API (so that a request is not left
 PROCESSING when no worker at all is left). The decision itself is one Lua script, so two reapers
@@ -27,7 +30,8 @@ def reap_lost_requests(
 ) -> dict[str, str]:
     """One pass over the PROCESSING requests whose worker is dead and the QUEUED requests unchecked
     for `stranded_after_s`; returns {request_id: outcome} for those acted on."""
-    acted = requeue_stranded(client, keys, lifecycle, older_than_s=stranded_after_s)
+    acted = roll_back_reservations(client, keys, older_than_s=stranded_after_s)
+    acted |= requeue_stranded(client, keys, lifecycle, older_than_s=stranded_after_s)
     for raw_id in client.zrange(keys.processing, 0, -1):
         request_id = raw_id.decode()
         worker_id, spec_json = client.hmget(
@@ -44,19 +48,35 @@ def reap_lost_requests(
     return acted
 
 
+def roll_back_reservations(
+    client: redis.Redis, keys: RedisKeys, *, older_than_s: float, limit: int = 500
+) -> dict[str, str]:
+    """Reservations older than `older_than_s` whose request was never written get their credits
+    back (the enqueue writes the request within milliseconds of the reserve, or not at all)."""
+    acted: dict[str, str] = {}
+    due = client.zrangebyscore(keys.reservations, "-inf", time.time() - older_than_s, start=0, num=limit)
+    for raw_id in due:
+        request_id = raw_id.decode()
+        if admission.unreserve(client, keys, request_id) == "ROLLED_BACK":
+            acted[request_id] = "ROLLED_BACK"
+            log.warning("reservation rolled back", extra={"request_id": request_id})
+    return acted
+
+
 def requeue_stranded(
     client: redis.Redis, keys: RedisKeys, lifecycle: Lifecycle, *, older_than_s: float, limit: int = 500
 ) -> dict[str, str]:
     """QUEUED requests in no queue (popped by a worker that died before starting them) go back to
     the front of their queue. Each QUEUED request is checked once per `older_than_s`; a live worker
-    starts what it pops within milliseconds, and a request started twice is refused by `start`."""
+    starts what it pops within milliseconds, and a request started twice is refused by `start`.
+    The same check ends those QUEUED past SDXL_MAX_QUEUE_TIME_S ("EXPIRED", refunded)."""
     acted: dict[str, str] = {}
     due = client.zrangebyscore(keys.queued, "-inf", time.time() - older_than_s, start=0, num=limit)
     for raw_id in due:
         request_id = raw_id.decode()
         base_model = _base_model(client.hget(keys.request(request_id), RequestField.SPEC))
         outcome = as_text(lifecycle.strand(client, request_id, keys.queue_name(base_model)))
-        if outcome in ("REQUEUED", "FAILED"):
+        if outcome in ("REQUEUED", "FAILED", "EXPIRED"):
             acted[request_id] = outcome
             _settle(client, keys, request_id, base_model, outcome)
     return acted
@@ -73,12 +93,6 @@ def hand_back(
         lifecycle.reap(client, request_id, worker_id, keys.queue_name(base_model), hand_back=True)
     )
     _settle(client, keys, request_id, base_model, outcome)
-    if (
-        outcome == "GONE"
-        and client.hget(keys.request(request_id), RequestField.STATUS) == Status.FAILED.value.encode()
-    ):
-        # The job ended it FAILED but Redis failed before the refund: refunds happen exactly once.
-        admission.refund_sync(client, keys, request_id)
     return outcome
 
 
@@ -88,8 +102,8 @@ def _base_model(spec_json: bytes | None) -> str:
 
 
 def _settle(client: redis.Redis, keys: RedisKeys, request_id: str, base_model: str, outcome: str) -> None:
-    if outcome == "FAILED":
-        admission.refund_sync(client, keys, request_id)
+    """Metrics and logs of an end the Lua step made (refund included)."""
+    if outcome in ("FAILED", "EXPIRED"):
         with client.pipeline(transaction=False) as pipe:
             job_metrics.record_job(
                 pipe,
@@ -100,5 +114,7 @@ def _settle(client: redis.Redis, keys: RedisKeys, request_id: str, base_model: s
                 inference_time_s=None,
             )
             pipe.execute()
-    if outcome in ("FAILED", "REQUEUED"):
+    if outcome == "EXPIRED":
+        log.warning("expired in queue", extra={"request_id": request_id})
+    elif outcome in ("FAILED", "REQUEUED"):
         log.warning("worker lost", extra={"request_id": request_id, "outcome": outcome})

@@ -1,5 +1,6 @@
 """Names in Redis: every key and queue name this server creates (`RedisKeys`), and the field names
-of the request hash (`RequestField`), shared with the Lua scripts."""
+of the request hash (`RequestField`) and of an API key's hash (`KeyField`), shared with the Lua
+scripts (app/core/lua_scripts.py)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,17 @@ class RedisKeys:
     def rq_queue_key(self, base_model: str) -> str:
         return f"rq:queue:{self.queue_name(base_model)}"
 
+    @staticmethod
+    def rq_job(request_id: str) -> str:
+        """RQ's hash for a request's job (the RQ job id is the request id, see app/api/submission.py)."""
+        return f"rq:job:{request_id}"
+
+    @property
+    def reservations(self) -> str:
+        """Sorted set of request ids whose credits were reserved (score: when) and whose record is
+        not written yet; one left there too long is rolled back by the reaper (app/core/reaper.py)."""
+        return f"{self.prefix}:reservations"
+
     def api_key(self, key_hash: str) -> str:
         return f"{self.prefix}:key:{key_hash}"
 
@@ -97,3 +109,15 @@ class RequestField:
     REFUNDED = "refunded"  # set once credits were given back (exactly once)
     WEBHOOK = "webhook_url"
     BASE_URL = "base_url"  # the public base URL the request came in on, for the webhook's output URLs
+
+
+class KeyField:
+    """Field names of a key hash (shared with the Lua scripts, see app/core/lua_scripts.py)."""
+
+    ID = "id"
+    NAME = "name"
+    CREATED_AT = "created_at"
+    CREDITS = "credits"
+    RPM = "rpm"
+    MODELS = "models"
+    DISABLED = "disabled"

@@ -6,7 +6,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from app.core import admission
 from app.core.api_keys import ApiKey
 from app.core.errors import Conflict, NotFound
 from app.core.job_spec import JobSpec, Status
@@ -99,7 +98,6 @@ class Records:
             raise not_found(record.request_id)
         if outcome == "FINISHED":
             raise Conflict("request already finished")
-        if outcome == "CANCELLED":
-            await admission.refund(self.aio, self.keys, record.request_id)
+        if outcome == "CANCELLED":  # refunded by the same Lua step (cancel.lua)
             return Status.FAILED
         return Status.PROCESSING  # stops at the worker's next denoising step

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(3600, ge=1, validation_alias=_env("SDXL_RESULT_TTL_S"))
     sync_timeout_s: float = Field(300, gt=0, validation_alias=_env("SDXL_SYNC_TIMEOUT_S"))
     max_queue: int = Field(1000, ge=1, validation_alias=_env("SDXL_MAX_QUEUE"))
+    # A request still QUEUED this long after its submission ends FAILED "expired in queue", refunded.
+    max_queue_time_s: float = Field(3600, gt=0, validation_alias=_env("SDXL_MAX_QUEUE_TIME_S"))
     max_image_bytes: int = Field(20_000_000, ge=1, validation_alias=_env("SDXL_MAX_IMAGE_BYTES"))
     max_input_pixels: int = Field(40_000_000, ge=64 * 64, validation_alias=_env("SDXL_MAX_INPUT_PIXELS"))
     max_pixels: int = Field(1_572_864, ge=64 * 64, validation_alias=_env("SDXL_MAX_PIXELS"))
@@ -67,6 +69,12 @@ class Settings(BaseSettings):
     def heartbeat_ttl_s(self) -> float:
         """How long a worker's heartbeat lives: a dead worker is noticed well within job_lost_s."""
         return max(1.0, min(15.0, self.job_lost_s / 4))
+
+    @property
+    def pending_ttl_s(self) -> int:
+        """TTL of a waiting request's keys (record, input, RQ job): its queue time limit, then as
+        long as an ended request is kept (CONTRACT 6)."""
+        return int(self.max_queue_time_s + self.result_ttl_s)
 
     @property
     def stranded_after_s(self) -> float:

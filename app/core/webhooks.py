@@ -9,7 +9,7 @@ How a delivery flows, and why:
   and pushes a token to `RedisKeys.webhook_wake`: a delivery is never lost between the two, even when no
   API process runs at that moment;
 - a `Deliverer` runs in every API process (replicas share the work): it claims due deliveries with
-  one Lua call (app/lua/webhook_claim.lua), which also schedules each one's next attempt after a
+  one Lua call (app/core/lua/webhook_claim.lua), which also schedules each one's next attempt after a
   lease, so that a process dying mid-POST loses nothing and two replicas never make the same
   attempt; a 2xx removes that next attempt, a failure moves it to its backoff time
   (`retry_delay_s`: base, 2 base, 4 base... with `SDXL_WEBHOOK_BACKOFF_S` as base), 1 + 5 attempts
@@ -37,7 +37,7 @@ import anyio
 import httpx
 import redis
 
-from app.core import job_metrics
+from app.core import job_metrics, lua_scripts
 from app.core.answer_bodies import result_body
 from app.core.errors import InvalidInput
 from app.core.image_fetch import (
@@ -49,7 +49,7 @@ from app.core.image_fetch import (
     parse_ip_host,
 )
 from app.core.job_spec import JobSpec, Status
-from app.core.lifecycle import as_text, decode_hash, script_text
+from app.core.lifecycle import as_text, decode_hash
 from app.core.redis_clients import BLOCKING_SLICE_S
 from app.core.redis_keys import RedisKeys, RequestField
 from app.core.request_records import RequestRecord
@@ -228,8 +228,6 @@ class Deliverer:
         self.aio = aio
         self.policy = policy or default_policy(settings)
         self.ssl_context = ssl_context
-        self._claim = aio.register_script(script_text("webhook_claim"))
-        self._retry = aio.register_script(script_text("webhook_retry"))
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -252,7 +250,12 @@ class Deliverer:
         """Claim what is due (as many as there are free slots) and start it; else wait for a wake-up
         token or the next due time, at most BLOCKING_SLICE_S (below the Redis socket timeout)."""
         free = MAX_IN_FLIGHT - len(self._tasks)
-        claimed, wait = await self._claim(keys=[self.keys.webhooks], args=[free, LEASE_S, ATTEMPTS])
+        claimed, wait = await lua_scripts.run(
+            self.aio,
+            "webhook_claim",
+            keys={"deliveries": self.keys.webhooks},
+            args={"most": free, "lease": LEASE_S, "attempts": ATTEMPTS},
+        )
         for value in claimed:
             attempt, request_id = parse_member(value)
             task = asyncio.create_task(self.deliver(request_id, attempt))
@@ -280,8 +283,11 @@ class Deliverer:
         try:
             delay = retry_delay_s(attempt, self.settings.webhook_backoff_s)
             if outcome is Outcome.FAILED and delay is not None:
-                await self._retry(
-                    keys=[self.keys.webhooks, self.keys.webhook_wake], args=[next_member, delay]
+                await lua_scripts.run(
+                    self.aio,
+                    "webhook_retry",
+                    keys={"deliveries": self.keys.webhooks, "wake": self.keys.webhook_wake},
+                    args={"member": next_member, "delay": delay},
                 )
             else:
                 await self.aio.zrem(self.keys.webhooks, next_member)

@@ -1,19 +1,20 @@
--- Cancel: a QUEUED request ends FAILED "cancelled" at once and leaves its queue; a PROCESSING one
--- is flagged and stops at the worker's next denoising step.
--- KEYS: request hash, rq queue list, done list, input image key, webhook deliveries zset, webhook
--- wake list, queued index zset. ARGV: request id, now, ttl, error text.
-local status = redis.call('HGET', KEYS[1], 'status')
+--! keys: request queue done input webhooks wake queued processing key_index rq_job
+--! args: request_id now ttl key_prefix
+-- Cancel: a QUEUED request leaves its queue and ends FAILED "cancelled" at once, refunded in this
+-- same step; a PROCESSING one is flagged: it stops at the worker's next denoising step, and
+-- finish.lua will not complete it. A cancel retried after one that ended the request (its answer
+-- lost, its process killed) answers as the first did.
+-- Returns 'CANCELLED', 'REQUESTED', 'FINISHED' (ended otherwise) or 'MISSING'.
+local status = redis.call('HGET', K.request, F.STATUS)
 if not status then return 'MISSING' end
-if status == 'QUEUED' then
-  redis.call('HSET', KEYS[1], 'status', 'FAILED', 'error', ARGV[4], 'error_status', 500,
-    'finished_at', ARGV[2])
-  redis.call('LREM', KEYS[2], 0, ARGV[1])
-  redis.call('ZREM', KEYS[7], ARGV[1])
-  end_request(KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], tonumber(ARGV[3]))
+if status == ST.QUEUED then
+  redis.call('LREM', K.queue, 0, A.request_id)
+  fail_request(E.CANCELLED, 500, A.now)
   return 'CANCELLED'
 end
-if status == 'PROCESSING' then
-  redis.call('HSET', KEYS[1], 'cancel', 1)
+if status == ST.PROCESSING then
+  redis.call('HSET', K.request, F.CANCEL, 1)
   return 'REQUESTED'
 end
+if status == ST.FAILED and redis.call('HGET', K.request, F.ERROR) == E.CANCELLED then return 'CANCELLED' end
 return 'FINISHED'

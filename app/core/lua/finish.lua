@@ -1,20 +1,26 @@
--- PROCESSING -> COMPLETED or FAILED, only by the worker that holds the request: a worker that was
--- presumed lost (and whose request was handed to another) must not overwrite anything.
--- KEYS: request hash, processing zset, done list, input image key, webhook deliveries zset, webhook
--- wake list, then one key per output.
--- ARGV: request id, worker id, ttl, field/value count n, n*2 field-values, then one value per output key.
-if redis.call('HGET', KEYS[1], 'status') ~= 'PROCESSING' then return 0 end
-if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then return 0 end
-local ttl = tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
-for i = 0, n - 1 do
-  redis.call('HSET', KEYS[1], ARGV[5 + 2 * i], ARGV[6 + 2 * i])
+--! keys: request done input webhooks wake queued processing key_index rq_job *outputs
+--! args: request_id ttl key_prefix worker now fields *data
+-- PROCESSING -> COMPLETED or FAILED, only by the worker that holds the request: one presumed lost
+-- (whose request went to another) must not overwrite anything. A cancel accepted while the request
+-- ran wins over a completion that comes after the last denoising step (VAE decode, encoding, or the
+-- cancel of a v1 that was answered 504): the request ends FAILED "cancelled", refunded, and its
+-- outputs are never stored.
+-- A.fields: JSON object of the fields to write (text values); K.outputs / A.data: one output key
+-- and its bytes each. Returns 'DONE', 'CANCELLED' or 'NOT_HELD'.
+if redis.call('HGET', K.request, F.STATUS) ~= ST.PROCESSING then return 'NOT_HELD' end
+if redis.call('HGET', K.request, F.WORKER) ~= A.worker then return 'NOT_HELD' end
+local fields = cjson.decode(A.fields)
+if fields[F.STATUS] == ST.COMPLETED and redis.call('HEXISTS', K.request, F.CANCEL) == 1 then
+  fail_request(E.CANCELLED, 500, A.now)
+  return 'CANCELLED'
 end
-local first_output_value = 5 + 2 * n
-for k = 7, #KEYS do
-  redis.call('SET', KEYS[k], ARGV[first_output_value + k - 7], 'EX', ttl)
+local flat = {}
+for name, value in pairs(fields) do
+  flat[#flat + 1] = name
+  flat[#flat + 1] = value
 end
-redis.call('HDEL', KEYS[1], 'cancel')
-redis.call('ZREM', KEYS[2], ARGV[1])
-end_request(KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ttl)
-return 1
+for i, key in ipairs(K.outputs) do
+  redis.call('SET', key, A.data[i], 'EX', tonumber(A.ttl))
+end
+end_request(flat)
+return 'DONE'

@@ -1,25 +1,24 @@
+--! keys: request heartbeat queue done input webhooks wake queued processing key_index rq_job
+--! args: request_id now ttl key_prefix max_attempts seen_worker hand_back
 -- A PROCESSING request whose worker's heartbeat is gone: run it once more (back to the front of
--- its queue) or, past max attempts, end it FAILED "worker lost". The worker that holds a request
--- may also hand it back itself (ARGV[7] = '1'): alive, but Redis failed under its job.
--- KEYS: request hash, processing zset, worker heartbeat key, rq queue list, rq job hash, done list,
--- input image key, webhook deliveries zset, webhook wake list, queued index zset. ARGV: request id, now, ttl, max
--- attempts, error text, the worker the caller saw holding the request, '1' for a hand back.
-if ARGV[7] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 'ALIVE' end
-local status = redis.call('HGET', KEYS[1], 'status')
+-- its queue) or, past max attempts, end it FAILED "worker lost", refunded in this same step. The
+-- worker that holds a request may also hand it back itself (A.hand_back = '1'): alive, but Redis
+-- failed under its job. A.seen_worker: the worker the caller saw holding the request.
+-- Returns 'ALIVE', 'GONE', 'REQUEUED' or 'FAILED'.
+if A.hand_back ~= '1' and redis.call('EXISTS', K.heartbeat) == 1 then return 'ALIVE' end
+local status = redis.call('HGET', K.request, F.STATUS)
 -- Taken over by another worker since the caller looked: not this call's to act on.
-if status == 'PROCESSING' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[6] then return 'ALIVE' end
-redis.call('ZREM', KEYS[2], ARGV[1])
-if status ~= 'PROCESSING' then return 'GONE' end
-local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
-if attempts < tonumber(ARGV[4]) and redis.call('EXISTS', KEYS[5]) == 1
-   and redis.call('EXISTS', KEYS[7]) == 1 then
-  redis.call('HSET', KEYS[1], 'status', 'QUEUED', 'worker', '', 'step', 0, 'total', 0)
-  redis.call('HSET', KEYS[5], 'status', 'queued')
-  redis.call('LPUSH', KEYS[4], ARGV[1])
-  redis.call('ZADD', KEYS[10], ARGV[2], ARGV[1])
+if status == ST.PROCESSING and redis.call('HGET', K.request, F.WORKER) ~= A.seen_worker then return 'ALIVE' end
+redis.call('ZREM', K.processing, A.request_id)
+if status ~= ST.PROCESSING then return 'GONE' end
+local attempts = tonumber(redis.call('HGET', K.request, F.ATTEMPTS) or '0')
+if attempts < tonumber(A.max_attempts) and redis.call('EXISTS', K.rq_job) == 1
+   and redis.call('EXISTS', K.input) == 1 then
+  redis.call('HSET', K.request, F.STATUS, ST.QUEUED, F.WORKER, '', F.STEP, 0, F.TOTAL, 0)
+  redis.call('HSET', K.rq_job, 'status', 'queued')
+  redis.call('LPUSH', K.queue, A.request_id)
+  redis.call('ZADD', K.queued, A.now, A.request_id)
   return 'REQUEUED'
 end
-redis.call('HSET', KEYS[1], 'status', 'FAILED', 'error', ARGV[5], 'error_status', 500,
-  'finished_at', ARGV[2])
-end_request(KEYS[1], KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[1], tonumber(ARGV[3]))
+fail_request(E.WORKER_LOST, 500, A.now)
 return 'FAILED'

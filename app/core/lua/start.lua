@@ -1,10 +1,12 @@
--- QUEUED -> PROCESSING, only if still QUEUED (a cancel may have won the race).
--- KEYS: request hash, processing zset, queued index zset. ARGV: request id, worker id, now.
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'QUEUED' then return status or false end
-redis.call('HSET', KEYS[1], 'status', 'PROCESSING', 'worker', ARGV[2], 'started_at', ARGV[3],
-  'step', 0, 'total', 0)
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
+--! keys: request processing queued
+--! args: request_id worker now
+-- QUEUED -> PROCESSING, only if still QUEUED (a cancel or the queue-time limit may have won).
+-- Returns 'OK', or the status that prevented it (false when the record is gone).
+local status = redis.call('HGET', K.request, F.STATUS)
+if status ~= ST.QUEUED then return status or false end
+redis.call('HSET', K.request, F.STATUS, ST.PROCESSING, F.WORKER, A.worker, F.STARTED_AT, A.now,
+  F.STEP, 0, F.TOTAL, 0)
+redis.call('HINCRBY', K.request, F.ATTEMPTS, 1)
+redis.call('ZADD', K.processing, A.now, A.request_id)
+redis.call('ZREM', K.queued, A.request_id)
 return 'OK'

@@ -1,0 +1,119 @@
+"""The Lua layer, one way: every script is a file in `app/core/lua/`, called by name with its keys
+and arguments by name, registered once per client.
+
+A script file declares what it takes in its first lines:
+
+    --! keys: request queue done *outputs
+    --! args: request_id now *values
+
+and reads them as `K.request`, `A.now`, ...; a name written `*name` (last only) takes the rest, as
+a Lua list. In front of every script comes a prelude, generated here, with those tables and with
+the field names shared with Python from one table each: `F` (the request hash, `RequestField`),
+`KF` (an API key's hash, `KeyField`), `ST` (the statuses) and `E` (the error texts a request can
+end with). Library files (`_name.lua`, defining `local function ...`) are put in front of the
+scripts that call one of their functions.
+
+Registration: `register_script` only hashes the text; redis-py keeps the SHA and falls back to EVAL
+(which loads the script) after a SCRIPT FLUSH or a Redis restart, so each call is one EVALSHA. The
+same `LuaScript` works for sync and asyncio clients (the asyncio call returns an awaitable).
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from app.core.job_spec import ENDING_ERRORS, Status
+from app.core.redis_keys import KeyField, RequestField
+
+# Libraries in dependency order: a library may call those before it.
+LIBRARIES = ("refund", "end_request")
+_DECLARATION = re.compile(r"^--! (keys|args):(.*)$", re.MULTILINE)
+_FUNCTION = re.compile(r"^local function (\w+)\(", re.MULTILINE)
+
+
+def _lua_table(name: str, values: Mapping[str, str]) -> str:
+    entries = ", ".join(f"{attr}={value!r}" for attr, value in values.items())
+    return f"local {name} = {{{entries}}}\n"
+
+
+def _constants(cls: type) -> dict[str, str]:
+    return {name: value for name, value in vars(cls).items() if name.isupper() and isinstance(value, str)}
+
+
+def _binding(table: str, source: str, names: Sequence[str]) -> str:
+    """`local K = {}` with K.<name> = KEYS[i], and a trailing `*rest` as the list of the others."""
+    lines = [f"local {table} = {{}}"]
+    for index, name in enumerate(names, start=1):
+        if name.startswith("*"):
+            lines.append(f"{table}.{name[1:]} = {{unpack({source}, {index})}}")
+        else:
+            lines.append(f"{table}.{name} = {source}[{index}]")
+    return "\n".join(lines) + "\n"
+
+
+def _read(name: str) -> str:
+    return resources.files("app.core.lua").joinpath(f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class LuaScript:
+    name: str
+    key_names: tuple[str, ...]
+    arg_names: tuple[str, ...]
+    text: str
+
+    def flatten(self, names: tuple[str, ...], given: Mapping[str, Any], what: str) -> list[Any]:
+        expected = {n.lstrip("*") for n in names}
+        if set(given) - expected or {n for n in names if not n.startswith("*")} - set(given):
+            raise TypeError(f"{self.name}.lua takes {what} {sorted(expected)}, got {sorted(given)}")
+        flat: list[Any] = []
+        for name in names:
+            if name.startswith("*"):
+                flat += list(given.get(name[1:], ()))
+            else:
+                flat.append(given[name])
+        return flat
+
+
+@cache
+def load(name: str) -> LuaScript:
+    """The script `name` with its prelude and the libraries it calls."""
+    body = _read(name)
+    declared = {kind: tuple(names.split()) for kind, names in _DECLARATION.findall(body)}
+    key_names, arg_names = declared.get("keys", ()), declared.get("args", ())
+    libraries = ""
+    for library in reversed(LIBRARIES):  # a library's own calls pull in those before it
+        text = _read(f"_{library}")
+        if any(re.search(rf"\b{name}\(", body + libraries) for name in _FUNCTION.findall(text)):
+            libraries = text + libraries
+    prelude = (
+        _lua_table("F", _constants(RequestField))
+        + _lua_table("KF", _constants(KeyField))
+        + _lua_table("ST", {status.name: status.value for status in Status})
+        + _lua_table("E", ENDING_ERRORS)
+        + _binding("K", "KEYS", key_names)
+        + _binding("A", "ARGV", arg_names)
+    )
+    return LuaScript(name, key_names, arg_names, prelude + libraries + body)
+
+
+_registered: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def run(client: Any, name: str, *, keys: Mapping[str, Any], args: Mapping[str, Any] | None = None) -> Any:
+    """Runs script `name` on `client` (sync: its reply; asyncio: an awaitable of it)."""
+    script = load(name)
+    per_client = _registered.setdefault(client, {})
+    registered = per_client.get(name)
+    if registered is None:
+        registered = per_client[name] = client.register_script(script.text)
+    return registered(
+        keys=script.flatten(script.key_names, keys, "keys"),
+        args=script.flatten(script.arg_names, args or {}, "args"),
+    )
