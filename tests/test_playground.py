@@ -476,3 +476,16 @@ def test_errors_are_shown_as_the_api_words_them(page, stack, input_png, key_opti
     wait_until(page, lambda d: alert_text(d), "the error")
     assert re.search(expected, alert_text(page)), alert_text(page)
     assert page.find_elements(By.CSS_SELECTOR, "#outputs img") == []
+
+
+def test_bad_values_are_named_in_the_page_and_by_the_server(page, stack):
+    page.find_element(By.CSS_SELECTOR, 'textarea[name="image"]').send_keys("data:image/png;base64,AAAA")
+    set_field(page, "num_inference_steps", "19")
+    submit(page)
+    wait_until(page, lambda d: alert_text(d), "the error")
+    assert alert_text(page) == "num_inference_steps must be between 20 and 100, got 19"
+    assert page.switch_to.active_element.get_attribute("name") == "num_inference_steps"
+    set_field(page, "num_inference_steps", "20")
+    submit(page)
+    wait_until(page, lambda d: alert_text(d).startswith("400: "), "the server's 400")
+    assert "image" in alert_text(page)

@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             header = f" -H 'x-api-key: {key}'"
             print(f"\nAPI key: {key}")
         print(f"API: {base_url}  (docs: {base_url}/docs, Redis: {urlparse(redis_url).netloc})")
+        print(f"Playground: {base_url}/  (open it in a browser; it asks for the key)")
         print("Try it:\n")
         print(
             f"curl -sS -X POST {base_url}/v1/sdxl-img2img{header} -F image=@{sample_image_path()} "

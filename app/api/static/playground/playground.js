@@ -478,6 +478,8 @@ form.addEventListener("submit", async (event) => {
   ui.facts.replaceChildren();
   ui.progress.hidden = true;
   setStatus("Submitting…");
+  // On a phone the result sits under the form: bring it into view (focus stays on the button).
+  if (matchMedia("(max-width: 760px)").matches) $("result").scrollIntoView({ block: "start" });
   setRunning(true);
   const abort = new AbortController();
   try {
