@@ -4,20 +4,30 @@ HARDENING report lines collected into docs/hardening.md."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import json
 import os
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
-from app.core import api_keys
+from app.core import api_keys, lua_scripts
 from app.core.settings import Settings
 from tests import image_factory
 from tests.stack import Stack
 
 JOB_LOST_S = 8.0
 HEARTBEAT_TTL_S = Settings(job_lost_s=JOB_LOST_S).heartbeat_ttl_s  # 2 s for JOB_LOST_S = 8
+SCRIPT_NAMES = sorted(
+    f.name.removesuffix(".lua")
+    for f in resources.files("app.core.lua").iterdir()
+    if f.name.endswith(".lua") and not f.name.startswith("_")
+)
 
 
 def slow_job(side: int, steps: int = 100) -> dict[str, Any]:
@@ -87,3 +97,51 @@ def kill_worker(stack: Stack, worker_id: str) -> float:
 
 def balance(stack: Stack, key: str) -> int | None:
     return api_keys.get_key(stack.redis(), stack.keys, key).credits
+
+
+def preload_scripts(stack: Stack) -> None:
+    """Loads every Lua script into Redis, so that each call is a single EVALSHA (no NOSCRIPT retry
+    for `freeze_after_script` to mistake for the real call)."""
+    client = stack.redis()
+    for name in SCRIPT_NAMES:
+        client.script_load(lua_scripts.load(name).text)
+
+
+def freeze_after_script(
+    stack: Stack,
+    pid: int,
+    script: str,
+    trigger: Callable[[], Any],
+    *,
+    matches: Callable[[list[str]], bool] = lambda words: True,
+    timeout: float = 60,
+) -> Any:
+    """Watches Redis with MONITOR, runs `trigger` (in a thread), and SIGSTOPs process `pid` the moment
+    the Lua script `script` is called with words (keys, args) that `matches` accepts: the process is
+    frozen right after that step, before whatever it meant to send next. Returns what `trigger`
+    returned (None if it hung on the frozen process; it is left running in its thread)."""
+    sha = hashlib.sha1(lua_scripts.load(script).text.encode()).hexdigest()
+    outcome: dict[str, Any] = {}
+
+    def run_trigger() -> None:
+        with contextlib.suppress(Exception):
+            outcome["value"] = trigger()
+
+    with stack.redis().monitor() as monitor:
+        thread = threading.Thread(target=run_trigger, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            assert time.monotonic() < deadline, f"{script}.lua was not called as expected"
+            words = monitor.next_command()["command"].split(" ")
+            if words[:2] == ["EVALSHA", sha] and matches(words[2:]):
+                os.kill(pid, signal.SIGSTOP)
+                break
+    thread.join(timeout=3)
+    return outcome.get("value")
+
+
+def kill_frozen(process: subprocess.Popen) -> None:
+    """SIGKILL a process left frozen (SIGSTOP) by `freeze_after_script`."""
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
