@@ -1,10 +1,24 @@
 """Redis connections with short socket timeouts: an outage is a quick 502, never a hang, and the
-clients reconnect by themselves once Redis answers again."""
+clients reconnect by themselves once Redis answers again.
+
+After a Redis restart every pooled connection is stale and would fail its next call. Each call is
+retried once, at once, on a fresh connection, on a ConnectionError only (a timeout is not retried:
+a hung Redis must stay a quick 502). A stale connection fails before the server sees the command,
+so the retry runs it once; in the rare case of a connection lost after the server ran a command,
+what the API and workers send is safe to run twice: the Lua steps check the state first (a second
+cancel, start, finish, reap or claim changes nothing), a repeated reserve is refused and its
+reservation rolled back by the reaper, and reads are reads. Metrics counters may count one event
+twice. The CLI's key commands (credits) use a client without this retry.
+"""
 
 from __future__ import annotations
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.retry
+import redis.retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.core.settings import Settings
 
@@ -23,8 +37,12 @@ def _options(settings: Settings) -> dict:
 
 
 def async_client(settings: Settings, *, max_connections: int = 4096) -> aioredis.Redis:
-    return aioredis.Redis.from_url(settings.redis_url, max_connections=max_connections, **_options(settings))
+    retry = redis.asyncio.retry.Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    return aioredis.Redis.from_url(
+        settings.redis_url, max_connections=max_connections, retry=retry, **_options(settings)
+    )
 
 
 def sync_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, **_options(settings))
+    retry = redis.retry.Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    return redis.Redis.from_url(settings.redis_url, retry=retry, **_options(settings))

@@ -89,6 +89,15 @@ class Records:
             raise NotFound(f"Output {file_name} of request {request_id} not found")
         return data
 
+    async def cancel_if_running(self, record: RequestRecord) -> bool:
+        """Cancels a request not ended yet (the v1 timeout); True when it had ended meanwhile."""
+        outcome = as_text(
+            await self.lifecycle.cancel(
+                self.aio, record.request_id, self.keys.queue_name(record.spec.base_model)
+            )
+        )
+        return outcome == "FINISHED"
+
     async def cancel(self, record: RequestRecord) -> Status:
         outcome = await self.lifecycle.cancel(
             self.aio, record.request_id, self.keys.queue_name(record.spec.base_model)

@@ -5,8 +5,11 @@ v1 is the v2 job awaited with a deadline, not a second code path (CONTRACT 4).""
 from __future__ import annotations
 
 import base64
+import logging
 import time
 
+import anyio
+import redis
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -16,12 +19,13 @@ from app.api.request_body import parse_body
 from app.api.submission import Submitted
 from app.core import admission
 from app.core.api_keys import ApiKey
-from app.core.errors import GatewayTimeout, InvalidInput, NotFound, ServiceError
+from app.core.errors import GatewayTimeout, InvalidInput, NotFound, ServiceError, Unavailable
 from app.core.job_spec import CONTENT_TYPES, SLUG, Status
 from app.core.redis_clients import BLOCKING_SLICE_S
 from app.core.request_model import Img2ImgRequest, validate_body
 
 router = APIRouter(tags=["generation"])
+log = logging.getLogger("sdxl.api")
 
 _body_schema = Img2ImgRequest.model_json_schema()
 BODY_DOC = {
@@ -92,13 +96,24 @@ async def submit_v2(slug: str, request: Request, state: AppState = Depends(get_s
     )
 
 
+# While Redis is unreachable, a v1 waiter tries again this often (its request lives on in Redis).
+REDIS_RETRY_S = 0.25
+
+
 async def wait_for_end(state: AppState, request_id: str, timeout_s: float) -> bool:
-    """Blocks on the request's done list (the worker pushes to it at the end): no sleep-polling."""
+    """Blocks on the request's done list (the worker pushes to it at the end): no sleep-polling.
+
+    A Redis outage shorter than the wait is waited through: the done list is kept for the result
+    TTL, so an end that happened meanwhile is still seen once Redis answers again."""
     deadline = time.monotonic() + timeout_s
     done_key = state.keys.done(request_id)
     while (remaining := deadline - time.monotonic()) > 0:
-        if await state.aio.blpop([done_key], timeout=min(BLOCKING_SLICE_S, remaining)):
-            return True
+        try:
+            if await state.aio.blpop([done_key], timeout=min(BLOCKING_SLICE_S, remaining)):
+                return True
+        except redis.RedisError as exc:
+            log.warning("v1 wait: Redis unavailable, waiting on", extra={"error": str(exc)})
+            await anyio.sleep(min(REDIS_RETRY_S, max(0.0, deadline - time.monotonic())))
     return False
 
 
@@ -115,14 +130,30 @@ async def wait_for_end(state: AppState, request_id: str, timeout_s: float) -> bo
 async def run_v1(slug: str, request: Request, state: AppState = Depends(get_state)) -> Response:
     check_slug(slug)
     submitted = await submit(request, state)
+    try:
+        return await answer_v1(state, submitted)
+    except ServiceError as exc:
+        # Once a request exists, every answer names it: the client can fetch or cancel it.
+        exc.headers.setdefault("x-request-id", submitted.spec.request_id)
+        raise
+    except redis.RedisError as exc:
+        log.error("v1: Redis unavailable", extra={"error": str(exc)})
+        raise Unavailable(headers={"x-request-id": submitted.spec.request_id}) from None
+
+
+async def answer_v1(state: AppState, submitted: Submitted) -> Response:
     spec = submitted.spec
     if not await wait_for_end(state, spec.request_id, state.settings.sync_timeout_s):
         record = await state.records.get(spec.request_id, submitted.key)
-        if not record.status.is_terminal():
-            await state.records.cancel(record)
-        raise GatewayTimeout(
-            f"request {spec.request_id} did not finish within {state.settings.sync_timeout_s:g} s"
-        )
+        ended = record.status.is_terminal()
+        if not ended:
+            # A cancel accepted now is a FAILED request, refunded, even if the worker is past its
+            # last step (finish.lua refuses to complete it); "FINISHED" means it ended just now.
+            ended = await state.records.cancel_if_running(record)
+        if not ended:
+            raise GatewayTimeout(
+                f"request {spec.request_id} did not finish within {state.settings.sync_timeout_s:g} s"
+            )
     record = await state.records.get(spec.request_id, submitted.key)
     if record.status is Status.FAILED:
         if record.error_status == 400:
