@@ -18,7 +18,7 @@ import time
 import uuid
 
 import redis
-from rq import Queue, SimpleWorker
+from rq import Queue, SimpleWorker, worker_registration
 from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
@@ -52,6 +52,11 @@ class Heartbeat(threading.Thread):
         self.client = sync_client(settings)
         self.stopped = threading.Event()
         self.started_at = time.time()
+        self.rq_worker: SimpleWorker | None = None  # set once RQ's worker exists
+        self.rq_queues = [
+            Queue(context.keys.queue_name(name), connection=self.client, serializer=JSONSerializer)
+            for name in models
+        ]
 
     def beat(self) -> None:
         value = {
@@ -65,6 +70,19 @@ class Heartbeat(threading.Thread):
         }
         ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
         self.client.set(self.context.keys.worker(self.context.worker_id), json.dumps(value), px=ttl_ms)
+        if self.rq_worker is not None:
+            # RQ gives its worker hash the job's timeout plus a minute while a job runs (an hour
+            # here), so a worker killed mid-job would linger in RQ's registries: keep it short.
+            # EXPIRE only (never a write that could create the hash before RQ registers it).
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.expire(self.rq_worker.key, RQ_WORKER_TTL_S + 60)
+                pipe.expire(self.rq_worker.executions_key, RQ_WORKER_TTL_S + 60)
+                pipe.execute()
+
+    def clean_rq_registries(self) -> None:
+        """RQ's own cleanup of `rq:workers`: members whose worker hash has expired leave it."""
+        for queue in self.rq_queues:
+            worker_registration.clean_worker_registry(queue)
 
     def hand_back_orphans(self) -> None:
         """Requests whose job Redis failed under are still held in this worker's name: give them up
@@ -80,6 +98,7 @@ class Heartbeat(threading.Thread):
         while not self.stopped.wait(self.settings.heartbeat_ttl_s / 3):
             try:
                 self.beat()
+                self.clean_rq_registries()
                 self.hand_back_orphans()
                 reap_lost_requests(
                     self.client,
@@ -168,6 +187,7 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
         name=context.worker_id,
         worker_ttl=RQ_WORKER_TTL_S,
     )
+    heartbeat.rq_worker = worker
     log.info("worker listening", extra={"worker": context.worker_id, "queues": [q.name for q in queues]})
     try:
         while not stop_requested(worker):

@@ -16,6 +16,8 @@ import logging
 import time
 
 import redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
 
 from app.core import admission, job_metrics
 from app.core.job_spec import JobSpec, Status
@@ -45,7 +47,18 @@ def reap_lost_requests(
             continue
         acted[request_id] = outcome
         _settle(client, keys, request_id, base_model, outcome)
+        if worker_id and outcome in ("REQUEUED", "FAILED"):
+            retire_rq_worker(client, worker_id.decode())
     return acted
+
+
+def retire_rq_worker(client: redis.Redis, worker_id: str) -> None:
+    """A worker found dead leaves RQ's registries too (`rq:workers` and its queues' sets), and its
+    `rq:worker:*` hash expires in a minute instead of the hour RQ gives a worker mid-job: RQ's own
+    `register_death`, as if the worker had stopped. (RQ's worker name is our worker id.)"""
+    worker = SimpleWorker.find_by_key(f"rq:worker:{worker_id}", connection=client, serializer=JSONSerializer)
+    if worker is not None and worker.death_date is None:
+        worker.register_death()
 
 
 def roll_back_reservations(
