@@ -16,8 +16,9 @@ import anyio
 import pytest
 
 from app.core.errors import InvalidInput
-from app.core.image_fetch import fetch_image_bytes, is_public_address, parse_inet_aton
+from app.core.image_fetch import fetch_image_bytes
 from app.core.image_intake import load_input_image
+from app.core.outbound_addresses import is_public_address, parse_inet_aton
 from app.core.settings import Settings
 from tests import image_factory as f
 from tests.http_fixtures import (

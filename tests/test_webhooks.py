@@ -24,9 +24,9 @@ from PIL import Image
 
 from app.core import lua_scripts
 from app.core.errors import InvalidInput
-from app.core.image_fetch import is_public_address
 from app.core.job_spec import JobSpec, Status
 from app.core.lifecycle import Lifecycle, failed_fields
+from app.core.outbound_addresses import is_public_address
 from app.core.redis_keys import RedisKeys, RequestField
 from app.core.settings import Settings
 from app.core.webhooks import ATTEMPTS, Deliverer, Outcome, check_webhook_url, member, retry_delay_s, sign

@@ -23,7 +23,8 @@ import anyio.to_thread
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from app.core.errors import InvalidInput
-from app.core.image_fetch import AddressPolicy, fetch_image_bytes
+from app.core.image_fetch import fetch_image_bytes
+from app.core.outbound_addresses import AddressPolicy
 from app.core.settings import Settings
 
 MIN_SIDE = 64

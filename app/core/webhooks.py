@@ -40,7 +40,9 @@ import redis
 from app.core import job_metrics, lua_scripts
 from app.core.answer_bodies import result_body
 from app.core.errors import InvalidInput
-from app.core.image_fetch import (
+from app.core.job_spec import JobSpec, Status
+from app.core.lifecycle import as_text, decode_hash
+from app.core.outbound_addresses import (
     AddressPolicy,
     AddressRefused,
     checked_addresses,
@@ -48,8 +50,6 @@ from app.core.image_fetch import (
     is_public_address,
     parse_ip_host,
 )
-from app.core.job_spec import JobSpec, Status
-from app.core.lifecycle import as_text, decode_hash
 from app.core.redis_clients import BLOCKING_SLICE_S
 from app.core.redis_keys import RedisKeys, RequestField
 from app.core.request_records import RequestRecord
