@@ -161,4 +161,4 @@ def start_full_stack(directory: Path, **settings_env: str) -> Stack:
 
 
 def sample_image_path() -> Path:
-    return REPO_ROOT / "app" / "assets" / "sample.jpg"
+    return REPO_ROOT / "app" / "cli" / "assets" / "sample.jpg"

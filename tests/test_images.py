@@ -25,7 +25,7 @@ from app.core.settings import Settings
 from tests import image_factory as f
 from tests.http_fixtures import LocalHTTPServer, serve_bytes
 
-SAMPLE = Path(__file__).resolve().parent.parent / "app" / "assets" / "sample.jpg"
+SAMPLE = Path(__file__).resolve().parent.parent / "app" / "cli" / "assets" / "sample.jpg"
 
 
 def make_settings(**overrides: object) -> Settings:
