@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from app.core.job_spec import JobSpec
 from app.core.models_config import ModelEntry, ModelsConfig
 from app.core.settings import Settings
 from tests.conftest import REPO_ROOT, TEST_CACHE_DIR
+from tests.specs import make_spec
 
 SIZE = 64
 # diffusers' schedulers hand torch tensors to numpy 2, which warns at every step: tens of thousands
@@ -59,25 +59,7 @@ def input_image(size: int = SIZE) -> Image.Image:
 
 
 def job(**fields: object) -> JobSpec:
-    base = JobSpec(
-        request_id="test",
-        base_model="tiny",
-        scheduler="UniPC",
-        prompt="a photo of a cat sitting on a table",
-        negative_prompt="blurry, low quality",
-        num_inference_steps=20,
-        guidance_scale=6.5,
-        strength=0.5,
-        samples=1,
-        seed=1234,
-        output_format="png",
-        output_quality=95,
-        base64=False,
-        width=SIZE,
-        height=SIZE,
-        input_key="",
-    )
-    return replace(base, **fields)
+    return make_spec(**{"width": SIZE, "height": SIZE, **fields})
 
 
 def pixels(data: bytes) -> np.ndarray:

@@ -5,6 +5,7 @@ import sys
 from app.core.job_spec import JobSpec, Status
 from app.core.redis_keys import RedisKeys
 from app.core.scheduler_names import SCHEDULER_NAMES
+from tests.specs import make_spec
 
 
 def test_contract_imports_neither_torch_nor_fastapi():
@@ -23,24 +24,7 @@ def test_status_terminal():
 
 
 def test_jobspec_round_trip_and_seeds_wrap():
-    spec = JobSpec(
-        request_id="r1",
-        base_model="tiny",
-        scheduler="UniPC",
-        prompt="p",
-        negative_prompt="",
-        num_inference_steps=20,
-        guidance_scale=6.5,
-        strength=0.65,
-        samples=3,
-        seed=2**64 - 2,
-        output_format="png",
-        output_quality=95,
-        base64=False,
-        width=64,
-        height=64,
-        input_key="k",
-    )
+    spec = make_spec(request_id="r1", strength=0.65, samples=3, seed=2**64 - 2, input_key="k")
     data = json.loads(spec.to_json())
     data["field_from_a_newer_version"] = 1
     assert JobSpec.from_json(json.dumps(data)) == spec

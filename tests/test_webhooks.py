@@ -24,7 +24,7 @@ from PIL import Image
 
 from app.core import lua_scripts
 from app.core.errors import InvalidInput
-from app.core.job_spec import JobSpec, Status
+from app.core.job_spec import Status
 from app.core.lifecycle import Lifecycle, failed_fields
 from app.core.outbound_addresses import is_public_address
 from app.core.redis_keys import RedisKeys, RequestField
@@ -32,6 +32,7 @@ from app.core.settings import Settings
 from app.core.webhooks import ATTEMPTS, Deliverer, Outcome, check_webhook_url, member, retry_delay_s, sign
 from tests.conftest import REDIS_URL
 from tests.faults import wait_until
+from tests.specs import make_spec
 from tests.stack import make_stack, start_full_stack
 
 SLUG = "sdxl-img2img"
@@ -272,11 +273,7 @@ def test_deliverer_refuses_a_private_address_at_delivery_and_does_not_retry(sett
     """A name (or anything that passed submission) that turns out private is refused, not retried."""
     keys = RedisKeys(settings.redis_prefix)
     url = receiver.url("/private-at-delivery")
-    spec = JobSpec(
-        request_id="r1", base_model="tiny", scheduler="Euler", prompt="p", negative_prompt="",
-        num_inference_steps=4, guidance_scale=7.5, strength=0.5, samples=1, seed=1,
-        output_format="jpeg", output_quality=95, base64=False, width=64, height=64, input_key="",
-    )  # fmt: skip
+    spec = make_spec(request_id="r1", scheduler="Euler", num_inference_steps=4, guidance_scale=7.5)
 
     async def scenario() -> Outcome:
         aio = aioredis.Redis.from_url(REDIS_URL)
