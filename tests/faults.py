@@ -48,6 +48,18 @@ def report(name: str, status: Any, seconds: float) -> None:
     print(f"\nHARDENING | {name} | {status} | {seconds:.3f} s")
 
 
+def wait_request_end(read: Callable[[], Any], timeout: float = 60, what: str = "the request to end") -> Any:
+    """The one "wait until the request ends" of the tests: polls `read` (a status body, or an httpx
+    response holding one) until the status is COMPLETED or FAILED, and returns its last value."""
+
+    def ended() -> Any:
+        value = read()
+        body = value.json() if hasattr(value, "json") else value
+        return value if body["status"] in ("COMPLETED", "FAILED") else None
+
+    return wait_until(ended, timeout, what, interval=0.1)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -25,6 +25,7 @@ from tests.faults import (
     request_fields,
     running_worker,
     slow_job,
+    wait_request_end,
     wait_until,
 )
 from tests.stack import start_full_stack
@@ -180,11 +181,7 @@ def test_a_cancel_accepted_during_the_decode_ends_failed_and_refunded_never_comp
     response = delete(stack, key, request_id)
     assert response.status_code == 202 and response.json()["status"] == "PROCESSING"
     os.kill(worker.pid, signal.SIGCONT)
-    body = wait_until(
-        lambda: (s := status(stack, key, request_id))["status"] in ("COMPLETED", "FAILED") and s,
-        30,
-        "the end",
-    )
+    body = wait_request_end(lambda: status(stack, key, request_id), 30)
     assert body["status"] == "FAILED" and body["error"] == "cancelled"
     assert balance(stack, key) == 10, "a cancel accepted is never charged"
     assert not list(stack.redis().scan_iter(f"{stack.prefix}:out:{request_id}:*")), "no output stored"

@@ -27,6 +27,7 @@ from tests.faults import (
     request_fields,
     running_worker,
     slow_job,
+    wait_request_end,
     wait_until,
 )
 from tests.stack import Stack, free_port, make_stack
@@ -195,11 +196,9 @@ def test_redis_hang_mid_job_does_not_leave_the_request_processing(stack, private
     # hands it back, and it runs again.
     assert heartbeat(stack, worker_id) is not None
 
-    def ended() -> dict | None:
-        body = http.get(f"/v2/requests/{request_id}/status").json()
-        return body if body["status"] in ("COMPLETED", "FAILED") else None
-
-    body = wait_until(ended, 120, "the request to end after the hang", interval=0.2)
+    body = wait_request_end(
+        lambda: http.get(f"/v2/requests/{request_id}/status").json(), 120, "the request to end after the hang"
+    )
     report("Redis hung 3 s mid-job: the request", body["status"], time.monotonic() - resumed)
     assert body["status"] == "COMPLETED", body
     assert request_fields(stack, request_id)["attempts"] == "2", "the interrupted attempt ran again"

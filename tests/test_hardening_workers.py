@@ -24,6 +24,7 @@ from tests.faults import (
     request_fields,
     running_worker,
     slow_job,
+    wait_request_end,
     wait_until,
 )
 from tests.stack import Stack, make_stack
@@ -71,11 +72,7 @@ def test_killed_worker_job_runs_again_on_another_worker_and_completes(stack):
     assert taken_over_s < JOB_LOST_S
     report("worker SIGKILLed mid-job, another alive: job runs again", "PROCESSING", taken_over_s)
 
-    def finished() -> httpx.Response | None:
-        response = status(stack, key, request_id)
-        return response if response.json()["status"] in ("COMPLETED", "FAILED") else None
-
-    response = wait_until(finished, 120, "the second attempt to finish", interval=0.2)
+    response = wait_request_end(lambda: status(stack, key, request_id), 120, "the second attempt to finish")
     assert response.status_code == 200 and response.json()["status"] == "COMPLETED", response.text
     report("worker SIGKILLed mid-job, another alive: job", "COMPLETED", time.monotonic() - killed_at)
     fields = request_fields(stack, request_id)

@@ -31,7 +31,7 @@ from app.core.redis_keys import RedisKeys, RequestField
 from app.core.settings import Settings
 from app.core.webhooks import ATTEMPTS, Deliverer, Outcome, check_webhook_url, member, retry_delay_s, sign
 from tests.conftest import REDIS_URL
-from tests.faults import wait_until
+from tests.faults import wait_request_end, wait_until
 from tests.specs import make_spec
 from tests.stack import make_stack, start_full_stack
 
@@ -150,13 +150,7 @@ def submit(http: httpx.Client, webhook_url: str, **body) -> str:
 
 
 def wait_terminal(http: httpx.Client, request_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = http.get(f"/v2/requests/{request_id}").json()
-        if body["status"] in ("COMPLETED", "FAILED"):
-            return body
-        time.sleep(0.1)
-    raise TimeoutError(request_id)
+    return wait_request_end(lambda: http.get(f"/v2/requests/{request_id}").json(), timeout)
 
 
 def assert_signed(arrival: Arrival) -> None:
