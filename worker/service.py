@@ -21,6 +21,7 @@ import redis
 from rq import Queue, SimpleWorker, worker_registration
 from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
+from rq.worker import DequeueStrategy
 
 from app.core.lifecycle import Lifecycle
 from app.core.models_config import ModelsConfig
@@ -192,7 +193,13 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
     try:
         while not stop_requested(worker):
             try:
-                worker.work(with_scheduler=False, logging_level=settings.log_level)
+                # Round robin: after each job the queue it came from goes last, so a worker serving
+                # several models takes from their queues in turn (one busy model cannot starve another).
+                worker.work(
+                    with_scheduler=False,
+                    logging_level=settings.log_level,
+                    dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
+                )
             except redis.RedisError as exc:
                 # RQ leaves its loop on a Redis error, and its teardown then fails on Redis too.
                 log.warning("worker loop: Redis unavailable", extra={"error": str(exc)})
