@@ -3,8 +3,9 @@
 Hub repo ids go through `from_pretrained`, which honours HF_HOME and HF_HUB_OFFLINE by itself (they
 are deliberately not overridden here); a local diffusers directory goes through the same call; a
 single `.safetensors` checkpoint through `from_single_file`; `builtin:tiny` is built on first use and
-then loaded from its cached directory. Whatever goes wrong becomes a `ModelLoadError` that names the
-model and the reason, so a broken entry fails its own jobs and nothing else.
+then loaded from its cached directory; `builtin:sdxl-random` is built in memory, on the device
+itself. Whatever goes wrong becomes a `ModelLoadError` that names the model and the reason, so a
+broken entry fails its own jobs and nothing else.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
 
-from app.core.models_config import ModelEntry
+from app.core.models_config import BUILTIN_SDXL_RANDOM, ModelEntry
 from app.core.settings import Settings
 from worker.errors import ModelLoadError
 from worker.tiny import ensure_tiny
@@ -32,7 +33,10 @@ def load_pipeline(
 ) -> StableDiffusionXLImg2ImgPipeline:
     """Load `entry` onto `device` in `dtype`; raises ModelLoadError naming `name` on any failure."""
     try:
-        pipe = _load(entry, settings=settings, dtype=dtype)
+        if entry.source == BUILTIN_SDXL_RANDOM:
+            pipe = _build_sdxl_random(entry, device=device, dtype=dtype)
+        else:
+            pipe = _load(entry, settings=settings, dtype=dtype)
         pipe = pipe.to(device)
     except ModelLoadError:
         raise
@@ -63,6 +67,22 @@ def _load(entry: ModelEntry, *, settings: Settings, dtype: torch.dtype) -> Stabl
     return StableDiffusionXLImg2ImgPipeline.from_pretrained(
         entry.source, variant=entry.variant, revision=entry.revision, **common
     )
+
+
+def _build_sdxl_random(
+    entry: ModelEntry, *, device: torch.device, dtype: torch.dtype
+) -> StableDiffusionXLImg2ImgPipeline:
+    from worker.sdxl_random import build_sdxl_random
+
+    pipe = build_sdxl_random(device, dtype)
+    if entry.vae:
+        pipe = StableDiffusionXLImg2ImgPipeline(
+            **{**pipe.components, "vae": _load_vae(entry.vae, dtype)},
+            requires_aesthetics_score=False,
+            force_zeros_for_empty_prompt=True,
+            add_watermarker=False,
+        )
+    return pipe
 
 
 def _load_single_file(entry: ModelEntry, common: dict[str, Any]) -> StableDiffusionXLImg2ImgPipeline:

@@ -15,7 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.core.models_config import ModelEntry, ModelsConfig, ModelsConfigError, load_models_config
+from app.core.models_config import (
+    BUILTIN_SDXL_RANDOM,
+    ModelEntry,
+    ModelsConfig,
+    ModelsConfigError,
+    load_models_config,
+)
 from app.core.settings import Settings, SettingsError, load_settings
 
 # What a diffusers pipeline repo needs besides its weights: every config, the tokenizers' files.
@@ -99,6 +105,8 @@ def pull_model(entry: ModelEntry, settings: Settings) -> str:
     """Make one model's weights available locally; returns where they are. Raises PullError."""
     kind = entry.source_kind
     if kind == "builtin":
+        if entry.source == BUILTIN_SDXL_RANDOM:
+            return "built in memory at each start (nothing to pull)"
         return _build_tiny(settings)
     if kind in ("directory", "safetensors"):
         where = _check_local(entry.source, kind)

@@ -12,12 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from app.core.scheduler_names import SCHEDULER_NAMES
 
 BUILTIN_TINY = "builtin:tiny"
+# The full SDXL base architecture with random weights (CONTRACT 11): for measuring speed and memory.
+BUILTIN_SDXL_RANDOM = "builtin:sdxl-random"
+BUILTIN_SOURCES = (BUILTIN_TINY, BUILTIN_SDXL_RANDOM)
 
 
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # A Hugging Face repo id, a local diffusers directory, a single .safetensors file, or builtin:tiny.
+    # A Hugging Face repo id, a local diffusers directory, a single .safetensors file, or a builtin
+    # (builtin:tiny, builtin:sdxl-random).
     source: str = Field(min_length=1)
     variant: str | None = None  # e.g. "fp16": the half-precision files where the repo publishes them
     revision: str | None = None
@@ -31,6 +35,13 @@ class ModelEntry(BaseModel):
     description: str | None = None
     license: str | None = None
 
+    @field_validator("source")
+    @classmethod
+    def _known_builtin(cls, value: str) -> str:
+        if value.startswith("builtin:") and value not in BUILTIN_SOURCES:
+            raise ValueError(f"unknown builtin model {value!r} (known: {', '.join(BUILTIN_SOURCES)})")
+        return value
+
     @field_validator("default_scheduler")
     @classmethod
     def _known_scheduler(cls, value: str | None) -> str | None:
@@ -40,7 +51,7 @@ class ModelEntry(BaseModel):
 
     @property
     def source_kind(self) -> Literal["builtin", "safetensors", "directory", "hub"]:
-        if self.source == BUILTIN_TINY:
+        if self.source in BUILTIN_SOURCES:
             return "builtin"
         if self.source.endswith(".safetensors"):
             return "safetensors"
