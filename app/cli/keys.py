@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--credits", type=int, help="credit balance (default: unlimited)")
     create.add_argument("--rpm", type=int, help="submissions per minute (default: unlimited)")
     create.add_argument("--models", help="comma-separated base models allowed (default: all)")
+    create.add_argument(
+        "--concurrency", type=int, help="most requests PROCESSING at once, the others wait (default: any)"
+    )
     create.set_defaults(handler=_create)
 
     listing = actions.add_parser("list", help="list keys (never shows the keys themselves)")
@@ -66,11 +69,18 @@ def _create(args: argparse.Namespace) -> int:
 
     def action(r: redis.Redis, keys: RedisKeys) -> None:
         key, record = api_keys.create_key(
-            r, keys, name=args.name, credits=args.credits, rpm=args.rpm, models=models
+            r,
+            keys,
+            name=args.name,
+            credits=args.credits,
+            rpm=args.rpm,
+            models=models,
+            concurrency=args.concurrency,
         )
         if args.json:
             data = record.to_dict()
-            out = {"key": key, **{k: data[k] for k in ("id", "name", "credits", "rpm", "models")}}
+            shown = ("id", "name", "credits", "rpm", "models", "concurrency")
+            out = {"key": key, **{k: data[k] for k in shown}}
             print(json.dumps(out))
         else:
             print(key)
@@ -85,7 +95,7 @@ def _list(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([rec.to_dict() for rec in records]))
             return
-        rows = [("ID", "NAME", "CREDITS", "RPM", "MODELS", "STATUS", "CREATED (UTC)")]
+        rows = [("ID", "NAME", "CREDITS", "USED", "RPM", "CONCURRENCY", "MODELS", "STATUS", "CREATED (UTC)")]
         rows += [_row(rec) for rec in records]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
@@ -113,8 +123,11 @@ def _print_record(record: ApiKey, as_json: bool, verb: str) -> None:
 
 
 def _describe(record: ApiKey) -> str:
-    _, name, credits, rpm, models, status, _ = _row(record)
-    return f"{record.id} ({name}): credits {credits}, rpm {rpm}, models {models}, {status}"
+    _, name, credits, _, rpm, concurrency, models, status, _ = _row(record)
+    return (
+        f"{record.id} ({name}): credits {credits}, rpm {rpm}, concurrency {concurrency}, "
+        f"models {models}, {status}"
+    )
 
 
 def _row(record: ApiKey) -> tuple[str, ...]:
@@ -127,7 +140,9 @@ def _row(record: ApiKey) -> tuple[str, ...]:
         record.id,
         record.name,
         "unlimited" if record.credits is None else str(record.credits),
+        str(record.used),
         "unlimited" if record.rpm is None else str(record.rpm),
+        "unlimited" if record.concurrency is None else str(record.concurrency),
         "all" if record.models is None else ",".join(record.models),
         "revoked" if record.disabled else "active",
         created,

@@ -5,8 +5,9 @@ written anywhere: it is shown once, by `create_key`, and from then on only its h
 key also has a short random public id (`key_ab12cd34`) that the CLI, logs and request records use;
 `RedisKeys.api_key_index` maps id -> hash, for listing and for revoking by id.
 
-Fields of a key hash (absent credits/rpm/models = unlimited / any base model):
-    id, name, created_at, credits, rpm, models (JSON list), disabled ("0" or "1")
+Fields of a key hash (absent credits/rpm/models/concurrency = unlimited / any base model):
+    id, name, created_at, credits, rpm, models (JSON list), disabled ("0" or "1"), concurrency,
+    used (credits spent, kept by the Lua steps that reserve and refund)
 
 Revoking marks the key disabled (kept, so `keys list` still shows it and its requests keep a
 readable owner); a disabled key authenticates exactly like an unknown one: 401.
@@ -43,6 +44,8 @@ class ApiKey:
     models: tuple[str, ...] | None  # None: every base model
     disabled: bool
     created_at: float | None = None
+    used: int = 0  # credits spent (refunded requests excluded)
+    concurrency: int | None = None  # most requests PROCESSING at once; None: no limit
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +56,8 @@ class ApiKey:
             "models": list(self.models) if self.models is not None else None,
             "disabled": self.disabled,
             "created_at": self.created_at,
+            "used": self.used,
+            "concurrency": self.concurrency,
         }
 
 
@@ -82,10 +87,14 @@ def record_from_fields(fields: Mapping[Any, Any]) -> ApiKey:
         models=tuple(models) if models is not None else None,
         disabled=data.get(KeyField.DISABLED, "0") == "1",
         created_at=float(data[KeyField.CREATED_AT]) if KeyField.CREATED_AT in data else None,
+        used=int(data.get(KeyField.USED, 0)),
+        concurrency=int(data[KeyField.CONCURRENCY]) if KeyField.CONCURRENCY in data else None,
     )
 
 
-def _validate(name: str, credits: int | None, rpm: int | None, models: Sequence[str] | None) -> None:
+def _validate(
+    name: str, credits: int | None, rpm: int | None, models: Sequence[str] | None, concurrency: int | None
+) -> None:
     if not name or not name.strip():
         raise InvalidInput("name must not be empty")
     if credits is not None and credits < 0:
@@ -94,6 +103,8 @@ def _validate(name: str, credits: int | None, rpm: int | None, models: Sequence[
         raise InvalidInput(f"rpm must be 1 or more, got {rpm}")
     if models is not None and (not models or any(not m.strip() for m in models)):
         raise InvalidInput("models must be a non-empty list of base model names")
+    if concurrency is not None and concurrency < 1:
+        raise InvalidInput(f"concurrency must be 1 or more, got {concurrency}")
 
 
 def _insert(
@@ -105,6 +116,7 @@ def _insert(
     credits: int | None,
     rpm: int | None,
     models: Sequence[str] | None,
+    concurrency: int | None = None,
 ) -> ApiKey | None:
     """Store a new key; None when that key already exists."""
     key_hash = hash_key(clear_key)
@@ -117,6 +129,7 @@ def _insert(
             models=tuple(m.strip() for m in models) if models is not None else None,
             disabled=False,
             created_at=time.time(),  # full precision: keys made in one burst still list in order
+            concurrency=concurrency,
         )
         fields: list[str] = [
             KeyField.ID,
@@ -134,6 +147,8 @@ def _insert(
             fields += [KeyField.RPM, str(rpm)]
         if record.models is not None:
             fields += [KeyField.MODELS, json.dumps(list(record.models))]
+        if concurrency is not None:
+            fields += [KeyField.CONCURRENCY, str(concurrency)]
         outcome = int(
             # The hash and its index entry together, or nothing (app/core/lua/create_key.lua): an
             # existing key is never overwritten, and an id clash draws a new id.
@@ -160,13 +175,16 @@ def create_key(
     rpm: int | None = None,
     models: Sequence[str] | None = None,
     key: str | None = None,
+    concurrency: int | None = None,
 ) -> tuple[str, ApiKey]:
     """Create a key and return (clear key, record). The clear key is not stored: show it now."""
-    _validate(name, credits, rpm, models)
+    _validate(name, credits, rpm, models, concurrency)
     clear_key = key if key is not None else generate_key()
     if not clear_key.strip():
         raise InvalidInput("key must not be empty")
-    record = _insert(r, keys, clear_key, name=name, credits=credits, rpm=rpm, models=models)
+    record = _insert(
+        r, keys, clear_key, name=name, credits=credits, rpm=rpm, models=models, concurrency=concurrency
+    )
     if record is None:
         raise InvalidInput("this key already exists")
     return clear_key, record

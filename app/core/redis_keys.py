@@ -121,3 +121,5 @@ class KeyField:
     RPM = "rpm"
     MODELS = "models"
     DISABLED = "disabled"
+    USED = "used"  # credits spent: reserved at submission, given back by the refund of a FAILED request
+    CONCURRENCY = "concurrency"  # most of the key's requests PROCESSING at once (absent: no limit)

@@ -9,9 +9,14 @@ local function refund(request)
   local key_hash = redis.call('HGET', K.key_index, key_id)
   if not key_hash then return false end
   local key = A.key_prefix .. key_hash
+  local cost = tonumber(redis.call('HGET', request, F.COST) or '0')
+  -- "used" counts credits spent: a refunded request spent none (never below 0: keys made before
+  -- the count existed)
+  if first == 1 and cost > 0 and tonumber(redis.call('HGET', key, KF.USED) or '0') >= cost then
+    redis.call('HINCRBY', key, KF.USED, -cost)
+  end
   local credits = redis.call('HGET', key, KF.CREDITS)
   if not credits then return false end
-  local cost = tonumber(redis.call('HGET', request, F.COST) or '0')
   if first == 1 and cost > 0 then credits = redis.call('HINCRBY', key, KF.CREDITS, cost) end
   return credits
 end

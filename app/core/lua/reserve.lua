@@ -21,6 +21,8 @@ if key_hash then
     if credits < cost then return {2, credits} end
     balance = redis.call('HINCRBY', key, KF.CREDITS, -cost)
   end
+  -- credits spent (GET /v1/credits "used"), unlimited keys included; the refund takes it back
+  redis.call('HINCRBY', key, KF.USED, cost)
 end
 redis.call('HSET', K.request, F.KEY_ID, A.key_id, F.COST, cost)
 if tonumber(A.ttl) > 0 then redis.call('EXPIRE', K.request, A.ttl) end
