@@ -27,11 +27,13 @@ from app.core.image_intake import PreparedImage, load_input_bytes, load_input_im
 from app.core.job_spec import JOB_FUNCTION, JobSpec, Status
 from app.core.redis_keys import RedisKeys, RequestField
 from app.core.request_model import GenerationParams
+from app.core.request_options import RequestOptions
 from app.core.settings import Settings
 from app.core.webhooks import check_webhook_url
 
 # RQ's own per-job limit; generation is bounded by steps, this only catches a wedged worker.
 JOB_TIMEOUT_S = 3600
+NO_OPTIONS = RequestOptions()
 
 
 class ReservationLost(Exception):
@@ -43,6 +45,8 @@ class Submitted:
     spec: JobSpec
     key: ApiKey
     remaining_credits: int | None
+    ignored_fields: tuple[str, ...] = ()
+    replayed: bool = False  # a duplicate of an earlier submission with the same Idempotency-Key
 
 
 class Submitter:
@@ -62,14 +66,21 @@ class Submitter:
         if params.webhook_url:  # before fetching an image for a request that will be refused
             check_webhook_url(params.webhook_url, self.settings)
         if isinstance(params.image, bytes):
-            return await load_input_bytes(params.image, self.settings)
-        return await load_input_image(params.image, self.settings)
+            return await load_input_bytes(params.image, self.settings, resize_to=params.resize_to)
+        return await load_input_image(params.image, self.settings, resize_to=params.resize_to)
 
     async def submit(
-        self, key: ApiKey, params: GenerationParams, image: PreparedImage, *, base_url: str
+        self,
+        key: ApiKey,
+        params: GenerationParams,
+        image: PreparedImage,
+        *,
+        base_url: str,
+        options: RequestOptions = NO_OPTIONS,
     ) -> Submitted:
-        """`base_url`: the public base URL the request came in on (for its webhook's output URLs)."""
-        request_id = str(uuid.uuid4())
+        """`base_url`: the public base URL the request came in on (for its webhook's output URLs);
+        `options`: what the request carries beyond its body (Idempotency-Key...)."""
+        request_id = options.request_id or str(uuid.uuid4())
         cost = params.samples * self.settings.credits_per_image
         spec = params.to_job_spec(
             request_id=request_id,
@@ -90,16 +101,22 @@ class Submitter:
             pending_ttl_s=self.settings.pending_ttl_s,
         )
         try:
-            await anyio.to_thread.run_sync(self._enqueue, spec, image.png, params.webhook_url, base_url)
+            await anyio.to_thread.run_sync(
+                self._enqueue, spec, image.png, params.webhook_url, base_url, options
+            )
         except (redis.RedisError, ReservationLost):
             # Give the credits back now if Redis lets us (else the reaper will). The EXEC may have
             # run with its reply lost: then the request exists, and its id lets the client see it.
             with contextlib.suppress(redis.RedisError):
                 await anyio.to_thread.run_sync(admission.unreserve, self.sync, self.keys, request_id)
             raise Unavailable(headers={"x-request-id": request_id}) from None
-        return Submitted(spec=spec, key=key, remaining_credits=remaining)
+        return Submitted(
+            spec=spec, key=key, remaining_credits=remaining, ignored_fields=params.ignored_fields
+        )
 
-    def _enqueue(self, spec: JobSpec, png: bytes, webhook_url: str | None, base_url: str) -> None:
+    def _enqueue(
+        self, spec: JobSpec, png: bytes, webhook_url: str | None, base_url: str, options: RequestOptions
+    ) -> None:
         request_key = self.keys.request(spec.request_id)
         record = {
             RequestField.STATUS: Status.QUEUED.value,
@@ -117,8 +134,10 @@ class Submitter:
         with self.sync.pipeline(transaction=True) as pipe:
             # WATCH: a roll back of the reservation (the reaper, if this process stalled) between
             # here and EXEC makes the EXEC fail.
-            pipe.watch(request_key)
+            pipe.watch(request_key, *options.watched())
             if pipe.hget(request_key, RequestField.KEY_ID) is None:
+                raise ReservationLost(spec.request_id)
+            if not options.still_held(pipe, spec.request_id):
                 raise ReservationLost(spec.request_id)
             pipe.multi()  # explicit: rq then adds its commands to this same MULTI/EXEC
             pipe.hset(request_key, mapping=record)
@@ -126,6 +145,7 @@ class Submitter:
             pipe.set(spec.input_key, png, ex=ttl)
             pipe.zadd(self.keys.queued, {spec.request_id: spec.created_at})
             pipe.zrem(self.keys.reservations, spec.request_id)
+            options.write(pipe, self.keys, spec, ttl)
             self._queues[spec.base_model].enqueue_call(
                 JOB_FUNCTION,
                 args=(spec.request_id,),

@@ -4,6 +4,7 @@ scripts (app/core/lua_scripts.py)."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -26,6 +27,17 @@ class RedisKeys:
     def done(self, request_id: str) -> str:
         """A list the worker pushes to when the request ends; sync waiters BLPOP it."""
         return f"{self.prefix}:done:{request_id}"
+
+    def events(self, request_id: str) -> str:
+        """Redis Stream of the request's changes (status, progress, result), read with a blocking
+        XREAD by the live status routes; it expires with the request (app/core/lua/_events.lua)."""
+        return f"{self.prefix}:events:{request_id}"
+
+    @property
+    def step_times(self) -> str:
+        """Hash `<model>:<size bucket>` -> moving average of seconds per denoising step per image,
+        kept by the workers, read for `eta_s` (app/core/eta.py)."""
+        return f"{self.prefix}:step_times"
 
     @property
     def processing(self) -> str:
@@ -63,6 +75,12 @@ class RedisKeys:
         """Sorted set of request ids whose credits were reserved (score: when) and whose record is
         not written yet; one left there too long is rolled back by the reaper (app/core/reaper.py)."""
         return f"{self.prefix}:reservations"
+
+    def idempotency(self, key_id: str, idempotency_key: str) -> str:
+        """Hash {request_id, digest, state} of one Idempotency-Key of one API key (the header's
+        value hashed: bounded, and no odd characters in key names), app/core/idempotency.py."""
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+        return f"{self.prefix}:idem:{key_id}:{digest}"
 
     def api_key(self, key_hash: str) -> str:
         return f"{self.prefix}:key:{key_hash}"

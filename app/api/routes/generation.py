@@ -15,14 +15,16 @@ from fastapi.responses import JSONResponse
 
 from app.api.app_state import AppState, get_state
 from app.api.auth import submission_key
+from app.api.idempotent_submission import submit_once
 from app.api.request_body import parse_body
 from app.api.submission import Submitted
-from app.core import admission
+from app.core import admission, idempotency
 from app.core.api_keys import ApiKey
 from app.core.errors import GatewayTimeout, InvalidInput, NotFound, ServiceError, Unavailable
 from app.core.job_spec import CONTENT_TYPES, SLUG, Status
 from app.core.redis_clients import BLOCKING_SLICE_S
 from app.core.request_model import Img2ImgRequest, validate_body
+from app.core.request_options import RequestOptions
 
 router = APIRouter(tags=["generation"])
 log = logging.getLogger("sdxl.api")
@@ -45,7 +47,9 @@ ERRORS = {
         403: "the key may not use this base model",
         404: "unknown model slug",
         406: "not enough credits",
+        409: "a submission with this Idempotency-Key is still under way",
         413: "body too large",
+        422: "Idempotency-Key was used with a different request body",
         429: "rate limit or queue full",
         502: "Service temporarily unavailable",
     }.items()
@@ -56,27 +60,46 @@ def public_base_url(request: Request, state: AppState) -> str:
     return (state.settings.public_url or str(request.base_url)).rstrip("/")
 
 
+# Segmind's older slug for the same model, still called by much client code (CONTRACT 4 and 9).
+SLUG_ALIASES = frozenset({SLUG, "sdxl1.0-img2img"})
+
+
 def check_slug(slug: str) -> None:
-    if slug != SLUG:
+    if slug not in SLUG_ALIASES:
         raise NotFound("Model not found")
 
 
 def accounting_headers(submitted: Submitted) -> dict[str, str]:
-    headers = {"x-request-id": submitted.spec.request_id, "x-cost": str(submitted.spec.cost)}
+    cost = str(submitted.spec.cost)
+    headers = {"x-request-id": submitted.spec.request_id, "x-cost": cost, "x-credits-consumed": cost}
     if submitted.remaining_credits is not None:
         headers["x-remaining-credits"] = str(submitted.remaining_credits)
+    if submitted.replayed:  # Stripe's name: the answer of an earlier submission, charged once
+        headers["idempotent-replayed"] = "true"
+    if submitted.ignored_fields:
+        headers["x-ignored-fields"] = ",".join(submitted.ignored_fields)
     return headers
 
 
 async def submit(request: Request, state: AppState) -> Submitted:
     key: ApiKey = await submission_key(request, state)
+    idempotency_key = idempotency.parse_header(request.headers)  # a bad header: 400 before the body
     data = await parse_body(request, state.settings.max_body_bytes)
     params = validate_body(
         data, model_names=state.models.names, default_base_model=state.settings.default_base_model
     )
     admission.check_model_allowed(key, params.base_model)
-    image = await state.submitter.prepare(params)
-    return await state.submitter.submit(key, params, image, base_url=public_base_url(request, state))
+    base_url = public_base_url(request, state)
+
+    async def submit_new(options: RequestOptions) -> Submitted:
+        image = await state.submitter.prepare(params)
+        return await state.submitter.submit(key, params, image, base_url=base_url, options=options)
+
+    options = RequestOptions()
+    if idempotency_key is None:
+        return await submit_new(options)
+    digest = idempotency.body_digest(data)
+    return await submit_once(state, key, idempotency_key, digest, submit_new, options)
 
 
 @router.post("/v2/{slug}", openapi_extra=BODY_DOC, responses=ERRORS, summary="Queue an img2img request")
@@ -109,7 +132,9 @@ async def wait_for_end(state: AppState, request_id: str, timeout_s: float) -> bo
     done_key = state.keys.done(request_id)
     while (remaining := deadline - time.monotonic()) > 0:
         try:
-            if await state.aio.blpop([done_key], timeout=min(BLOCKING_SLICE_S, remaining)):
+            # BLMOVE onto the same list: the end mark stays, so every waiter on the request (its
+            # v1 and Idempotency-Key duplicates of it) wakes, not only the first.
+            if await state.aio.blmove(done_key, done_key, min(BLOCKING_SLICE_S, remaining)):
                 return True
         except redis.RedisError as exc:
             log.warning("v1 wait: Redis unavailable, waiting on", extra={"error": str(exc)})
@@ -146,7 +171,8 @@ async def answer_v1(state: AppState, submitted: Submitted) -> Response:
     if not await wait_for_end(state, spec.request_id, state.settings.sync_timeout_s):
         record = await state.records.get(spec.request_id, submitted.key)
         ended = record.status.is_terminal()
-        if not ended:
+        if not ended and not submitted.replayed:
+            # (A duplicate's wait ending leaves the first submission's request alone.)
             # A cancel accepted now is a FAILED request, refunded, even if the worker is past its
             # last step (finish.lua refuses to complete it); "FINISHED" means it ended just now.
             ended = await state.records.cancel_if_running(record)

@@ -1,0 +1,36 @@
+"""What a submission carries beyond its body (CONTRACT 10): the request id its Idempotency-Key
+record holds, and that record. The submission's enqueue writes them in its MULTI/EXEC, beside the
+request itself, so they exist exactly when the request does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.core import idempotency
+from app.core.job_spec import JobSpec
+from app.core.redis_keys import RedisKeys
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    request_id: str | None = None  # given by the Idempotency-Key's record; None: a fresh one
+    idempotency_record: str | None = None
+
+    def watched(self) -> list[str]:
+        """Keys the enqueue WATCHes: a change to them between the check and EXEC fails the EXEC."""
+        return [self.idempotency_record] if self.idempotency_record else []
+
+    def still_held(self, pipe: Any, request_id: str) -> bool:
+        """Under WATCH, before MULTI: the Idempotency-Key record still names this request (it is
+        another submission's if its pending TTL ran out while this one stalled)."""
+        if not self.idempotency_record:
+            return True
+        held = pipe.hget(self.idempotency_record, idempotency.REQUEST_ID)
+        return held is not None and held.decode() == request_id
+
+    def write(self, pipe: Any, keys: RedisKeys, spec: JobSpec, ttl: int) -> None:
+        """Inside the enqueue's MULTI: what the options add to a new request, with its TTL."""
+        if self.idempotency_record:
+            pipe.hset(self.idempotency_record, idempotency.STATE, idempotency.CREATED)
+            pipe.expire(self.idempotency_record, ttl)
