@@ -167,8 +167,8 @@ def test_a_cancel_accepted_during_the_decode_ends_failed_and_refunded_never_comp
     key = stack.create_key(name="late", credits=10)
     [worker] = stack.workers
 
-    def last_step(words: list[str]) -> bool:  # progress.lua: ... worker step total
-        return len(words) >= 3 and words[-2] == words[-1] and words[-1] not in ("0", '""', "")
+    def last_step(words: list[str]) -> bool:  # progress.lua, one request: 1 request worker step total ...
+        return len(words) >= 5 and words[3] == words[4] and words[4] not in ("0", '""', "")
 
     submitted: dict[str, str] = {}
 

@@ -69,7 +69,7 @@ def claim(
             "queued": keys.queued,
             "requests": [keys.request(request_id) for request_id in candidates],
         },
-        args={"worker": worker_id, "now": started_at, "ids": candidates},
+        args={"worker": worker_id, "now": started_at, "events_prefix": keys.events(""), "ids": candidates},
     )
     return [as_text(raw) for raw in taken]
 

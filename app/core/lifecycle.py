@@ -40,6 +40,7 @@ class Lifecycle:
             "processing": self.keys.processing,
             "key_index": self.keys.api_key_index,
             "rq_job": self.keys.rq_job(request_id),
+            "events": self.keys.events(request_id),
             **keys,
         }
         args = {"request_id": request_id, "ttl": self.result_ttl_s, "key_prefix": self.keys.api_key("")}
@@ -54,6 +55,7 @@ class Lifecycle:
                 "request": self.keys.request(request_id),
                 "processing": self.keys.processing,
                 "queued": self.keys.queued,
+                "events": self.keys.events(request_id),
             },
             args={"request_id": request_id, "worker": worker_id, "now": time.time()},
         )
@@ -130,7 +132,13 @@ class Lifecycle:
             client,
             "progress",
             keys={"requests": [self.keys.request(request_id) for request_id in request_ids]},
-            args={"worker": worker_id, "step": "" if step is None else step, "total": total},
+            args={
+                "worker": worker_id,
+                "step": "" if step is None else step,
+                "total": total,
+                "events_prefix": self.keys.events(""),
+                "ids": request_ids,
+            },
         )
 
 

@@ -66,7 +66,10 @@ class Records:
     async def get(self, request_id: str, key: ApiKey) -> RequestRecord:
         """The record, if it exists and belongs to `key`; any other id is 404, exactly as an unknown one."""
         raw = await self.aio.hgetall(self.keys.request(request_id))
-        fields = decode_hash(raw)
+        return self.from_fields(request_id, decode_hash(raw), key)
+
+    def from_fields(self, request_id: str, fields: dict[str, str], key: ApiKey) -> RequestRecord:
+        """`get` on a hash already read (e.g. with its event stream, app/core/status_events.py)."""
         if RequestField.STATUS not in fields or RequestField.SPEC not in fields:
             raise not_found(request_id)
         if self.auth_enabled and fields.get(RequestField.KEY_ID) != key.id:

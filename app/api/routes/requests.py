@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import re
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.api.app_state import AppState, get_state
 from app.api.auth import reader_key
 from app.api.routes.generation import public_base_url
-from app.core.answer_bodies import result_body, status_body
+from app.api.status_view import http_code, result_view, status_view
+from app.core import status_events
 from app.core.api_keys import ApiKey
 from app.core.errors import NotFound
-from app.core.job_spec import CONTENT_TYPES, FILE_EXTENSIONS, Status
+from app.core.job_spec import CONTENT_TYPES, FILE_EXTENSIONS
 from app.core.request_records import not_found
 
 router = APIRouter(prefix="/v2/requests", tags=["requests"])
@@ -28,19 +29,24 @@ def check_id(request_id: str) -> str:
     return request_id
 
 
-# [compat] the SDK treats any body whose status is FAILED as terminal, whatever the HTTP code;
-# Segmind answers FAILED with 422 on both status and result.
-def _code(status: Status) -> int:
-    return 422 if status is Status.FAILED else 200
-
-
 @router.get("/{request_id}/status", summary="Status, queue position and progress of a request")
 async def get_status(
-    request_id: str, state: AppState = Depends(get_state), key: ApiKey = Depends(reader_key)
+    request_id: str,
+    wait: str | None = Query(
+        None, description="seconds (0 to 60): answer as soon as the status or progress changes, or then"
+    ),
+    state: AppState = Depends(get_state),
+    key: ApiKey = Depends(reader_key),
 ) -> JSONResponse:
-    record = await state.records.get(check_id(request_id), key)
-    position = await state.records.queue_position(record) if record.status is Status.QUEUED else None
-    return JSONResponse(status_body(record, position), status_code=_code(record.status))
+    check_id(request_id)
+    wait_s = status_events.parse_wait(wait)
+    # The hash and its stream's last entry id in one read: any change after that id wakes the wait.
+    fields, last_id = await status_events.snapshot(state.aio, state.keys, request_id)
+    record = state.records.from_fields(request_id, fields, key)
+    waits = wait_s > 0 and not record.status.is_terminal()
+    if waits and await status_events.read_after(state.aio, state.keys, request_id, last_id, wait_s, count=1):
+        record = await state.records.get(request_id, key)
+    return JSONResponse(await status_view(state, record), status_code=http_code(record.status))
 
 
 @router.get("/{request_id}", summary="The result of a request")
@@ -51,12 +57,8 @@ async def get_result(
     key: ApiKey = Depends(reader_key),
 ) -> JSONResponse:
     record = await state.records.get(check_id(request_id), key)
-    outputs = None
-    result = record.result
-    if record.status is Status.COMPLETED and record.spec.base64 and result:
-        outputs = [await state.records.output(request_id, image["file_name"]) for image in result["images"]]
-    body = result_body(record, public_base_url(request, state), outputs)
-    return JSONResponse(body, status_code=_code(record.status))
+    body = await result_view(state, record, public_base_url(request, state))
+    return JSONResponse(body, status_code=http_code(record.status))
 
 
 @router.delete("/{request_id}", status_code=202, summary="Cancel a request")

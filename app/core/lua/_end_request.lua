@@ -3,7 +3,8 @@
 -- keep its record and RQ's job hash for the result TTL only, drop its input image, wake a v1
 -- waiter, and queue its webhook delivery when it has one (see app/core/webhooks.py). No process
 -- can die between the end and the refund, and a webhook cannot be lost between the two.
--- Needs K: request, done, input, webhooks, wake, queued, processing, key_index, rq_job;
+-- The end is two entries of the request's event stream: its last status, then 'result'.
+-- Needs K: request, done, input, webhooks, wake, queued, processing, key_index, rq_job, events;
 -- A: request_id, ttl, key_prefix.
 local function end_request(fields)
   redis.call('HSET', K.request, unpack(fields))
@@ -14,6 +15,8 @@ local function end_request(fields)
   local ttl = tonumber(A.ttl)
   redis.call('EXPIRE', K.request, ttl)
   redis.call('EXPIRE', K.rq_job, ttl)
+  emit_event(K.events, K.request, 'status', 'status', redis.call('HGET', K.request, F.STATUS))
+  emit_event(K.events, K.request, 'result')
   redis.call('DEL', K.input)
   redis.call('RPUSH', K.done, 1)
   redis.call('EXPIRE', K.done, ttl)

@@ -1,4 +1,4 @@
---! keys: request queue done input webhooks wake queued processing key_index rq_job
+--! keys: request queue done input webhooks wake queued processing key_index rq_job events
 --! args: request_id now ttl key_prefix
 -- Cancel: a QUEUED request leaves its queue and ends FAILED "cancelled" at once, refunded in this
 -- same step; a PROCESSING one is flagged: it stops at the worker's next denoising step, and

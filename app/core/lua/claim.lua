@@ -1,5 +1,5 @@
 --! keys: processing queue queued *requests
---! args: worker now *ids
+--! args: worker now events_prefix *ids
 -- Batching: take more QUEUED requests off an RQ queue for a worker that has just started one, with
 -- the same QUEUED -> PROCESSING transition as start.lua. A request is taken only while it is both
 -- QUEUED (a cancel may have won) and still in the queue list (another worker may have popped it: its
@@ -14,6 +14,7 @@ for i, request in ipairs(K.requests) do
     redis.call('HINCRBY', request, F.ATTEMPTS, 1)
     redis.call('ZADD', K.processing, A.now, id)
     redis.call('ZREM', K.queued, id)
+    emit_event(A.events_prefix .. id, request, 'status', 'status', ST.PROCESSING)
     taken[#taken + 1] = id
   end
 end

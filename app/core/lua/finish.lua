@@ -1,4 +1,4 @@
---! keys: request done input webhooks wake queued processing key_index rq_job *outputs
+--! keys: request done input webhooks wake queued processing key_index rq_job events *outputs
 --! args: request_id ttl key_prefix worker now fields *data
 -- PROCESSING -> COMPLETED or FAILED, only by the worker that holds the request: one presumed lost
 -- (whose request went to another) must not overwrite anything. A cancel accepted while the request

@@ -1,15 +1,19 @@
 --! keys: *requests
---! args: worker step total
--- One denoising step of a batch: progress written, and for each request whether the worker must
--- stop: 1 cancelled, 2 not its own any more (presumed lost while frozen, taken over since; its
--- progress must not overwrite the new run's), 0 run on. A.step = '' only reads the flags.
+--! args: worker step total events_prefix *ids
+-- One denoising step of a batch: progress written (and put on each request's event stream), and
+-- for each request whether the worker must stop: 1 cancelled, 2 not its own any more (presumed lost
+-- while frozen, taken over since; its progress must not overwrite the new run's), 0 run on.
+-- A.step = '' only reads the flags. A.ids: the request ids, in the order of K.requests.
 local out = {}
 for i, request in ipairs(K.requests) do
   if redis.call('HGET', request, F.STATUS) ~= ST.PROCESSING
      or redis.call('HGET', request, F.WORKER) ~= A.worker then
     out[i] = 2
   else
-    if A.step ~= '' then redis.call('HSET', request, F.STEP, A.step, F.TOTAL, A.total) end
+    if A.step ~= '' then
+      redis.call('HSET', request, F.STEP, A.step, F.TOTAL, A.total)
+      emit_event(A.events_prefix .. A.ids[i], request, 'progress', 'step', A.step, 'total', A.total)
+    end
     if redis.call('HEXISTS', request, F.CANCEL) == 1 then out[i] = 1 else out[i] = 0 end
   end
 end

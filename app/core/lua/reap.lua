@@ -1,4 +1,4 @@
---! keys: request heartbeat queue done input webhooks wake queued processing key_index rq_job
+--! keys: request heartbeat queue done input webhooks wake queued processing key_index rq_job events
 --! args: request_id now ttl key_prefix max_attempts seen_worker hand_back
 -- A PROCESSING request whose worker's heartbeat is gone: run it once more (back to the front of
 -- its queue) or, past max attempts, end it FAILED "worker lost", refunded in this same step. The
@@ -18,6 +18,7 @@ if attempts < tonumber(A.max_attempts) and redis.call('EXISTS', K.rq_job) == 1
   redis.call('HSET', K.rq_job, 'status', 'queued')
   redis.call('LPUSH', K.queue, A.request_id)
   redis.call('ZADD', K.queued, A.now, A.request_id)
+  emit_event(K.events, K.request, 'status', 'status', ST.QUEUED)
   return 'REQUEUED'
 end
 fail_request(E.WORKER_LOST, 500, A.now)

@@ -1,4 +1,4 @@
---! keys: request processing queued
+--! keys: request processing queued events
 --! args: request_id worker now
 -- QUEUED -> PROCESSING, only if still QUEUED (a cancel or the queue-time limit may have won).
 -- Returns 'OK', or the status that prevented it (false when the record is gone).
@@ -9,4 +9,5 @@ redis.call('HSET', K.request, F.STATUS, ST.PROCESSING, F.WORKER, A.worker, F.STA
 redis.call('HINCRBY', K.request, F.ATTEMPTS, 1)
 redis.call('ZADD', K.processing, A.now, A.request_id)
 redis.call('ZREM', K.queued, A.request_id)
+emit_event(K.events, K.request, 'status', 'status', ST.PROCESSING)
 return 'OK'

@@ -1,4 +1,4 @@
---! keys: request queue done input webhooks wake queued processing key_index rq_job
+--! keys: request queue done input webhooks wake queued processing key_index rq_job events
 --! args: request_id now ttl key_prefix max_queue_time
 -- A QUEUED request, checked once per stranded-after period (app/core/reaper.py):
 -- - past SDXL_MAX_QUEUE_TIME_S since it was submitted (A.max_queue_time, 0: no limit), it leaves its
