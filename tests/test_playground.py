@@ -419,6 +419,10 @@ def test_cancel_a_request_while_it_is_processing(page, stack, key, tmp_path):
     wait_until(page, lambda d: text_of(d, "status").startswith("Cancelled"), "the cancellation")
     status = httpx.get(f"{stack.base_url}/v2/requests/{rid}/status", headers={"x-api-key": key}, timeout=10)
     assert status.status_code == 422 and status.json()["error"] == "cancelled"
+    # The page followed the request on its event stream (SSE), not by polling the status.
+    metrics = httpx.get(f"{stack.base_url}/metrics", timeout=10).text
+    events_route = 'route="/v2/requests/{request_id}/events",status="200"'
+    assert f'sdxl_http_requests_total{{method="GET",{events_route}}}' in metrics
     assert page.find_elements(By.CSS_SELECTOR, "#outputs img") == []
     assert alert_text(page) == ""
     assert page.find_element(By.CSS_SELECTOR, 'button[type="submit"]').is_enabled()

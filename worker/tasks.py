@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from PIL import Image
 
-from app.core import job_metrics
+from app.core import eta, job_metrics
 from app.core.job_spec import CANCELLED, JobSpec, Status
 from app.core.lifecycle import Lifecycle, as_text, completed_fields, failed_fields
 from app.core.logging_setup import bind_request_id, request_id_var
@@ -215,8 +216,20 @@ def _generate(ctx: WorkerContext, jobs: list[tuple[JobSpec, bytes]]) -> dict[str
             return fail_all(f"generation failed: {type(exc).__name__}: {exc}", 500)
         for job, result in zip(batch, results, strict=True):
             outcomes[job.spec.request_id] = _complete(ctx, job.spec, result)
+        _record_step_time(ctx, [job.spec for job in batch if outcomes[job.spec.request_id] == "completed"])
         return outcomes
     return outcomes
+
+
+def _record_step_time(ctx: WorkerContext, specs: list[JobSpec]) -> None:
+    """The batch's wall time from its start (shared by its requests) to its end, for `eta_s`
+    (app/core/eta.py). Best effort, as metrics: the requests have ended already."""
+    if not specs:
+        return
+    with contextlib.suppress(redis.RedisError):
+        started = ctx.redis.hget(ctx.keys.request(specs[0].request_id), RequestField.STARTED_AT)
+        if started:
+            eta.record_batch(ctx.redis, ctx.keys, specs, time.time() - float(started))
 
 
 def _drop_stopped(ctx: WorkerContext, batch: list[Any], watch: _Watch, outcomes: dict[str, str]) -> list[Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.api.app_state import AppState
+from app.core import eta
 from app.core.answer_bodies import result_body, status_body
 from app.core.job_spec import Status
 from app.core.request_records import RequestRecord
@@ -13,7 +14,11 @@ from app.core.request_records import RequestRecord
 
 async def status_view(state: AppState, record: RequestRecord) -> dict[str, Any]:
     position = await state.records.queue_position(record) if record.status is Status.QUEUED else None
-    return status_body(record, position)
+    body = status_body(record, position)
+    if not record.status.is_terminal():
+        # eta_s: null when no live worker serves the model (then `workers` says 0, CONTRACT 4).
+        body["eta_s"], body["workers"] = await eta.estimate(state.aio, state.keys, record, position)
+    return body
 
 
 async def result_view(state: AppState, record: RequestRecord, base_url: str) -> dict[str, Any]:

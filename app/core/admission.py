@@ -29,14 +29,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from app.core import lua_scripts
+from app.core import eta, lua_scripts
 from app.core.api_keys import ApiKey, hash_key, record_from_fields
 from app.core.errors import Conflict, Forbidden, InsufficientCredits, MissingKey, RateLimited, Unauthorized
 from app.core.redis_keys import RedisKeys
 from app.core.settings import Settings
 
 RATE_WINDOW_S = 60.0
-# A full queue drains at the speed of the GPUs, which the API does not know: a short, fixed hint.
+# A full queue's Retry-After is the ETA of its next start (app/core/eta.py); this when there is none
+# (no live worker serves a queued model).
 QUEUE_FULL_RETRY_AFTER_S = 5
 
 ANONYMOUS = ApiKey(id="anonymous", name="anonymous", credits=None, rpm=None, models=None, disabled=False)
@@ -156,7 +157,16 @@ async def reserve(
             "now": time.time(),
         },
     )
+    if _int(reply[0]) == 0:
+        models = [queue_key.removeprefix(keys.rq_queue_key("")) for queue_key in queue_keys]
+        wait_s = await eta.queue_slot_wait_s(r, keys, models)
+        raise _queue_full(QUEUE_FULL_RETRY_AFTER_S if wait_s is None else wait_s)
     return _reserved(reply, cost)
+
+
+def _queue_full(retry_after_s: float) -> QueueFull:
+    now = datetime.now(UTC).timestamp()
+    return QueueFull(headers=_retry_headers(retry_after_s, now + retry_after_s))
 
 
 def _reserved(reply: list[Any], cost: int) -> int | None:
@@ -169,8 +179,7 @@ def _reserved(reply: list[Any], cost: int) -> int | None:
             f"Not enough credits: this request needs {cost}, the API key has {available}"
         )
     if outcome == 0:
-        now = datetime.now(UTC).timestamp()
-        raise QueueFull(headers=_retry_headers(QUEUE_FULL_RETRY_AFTER_S, now + QUEUE_FULL_RETRY_AFTER_S))
+        raise _queue_full(QUEUE_FULL_RETRY_AFTER_S)
     if outcome == 1:
         raise Unauthorized()  # revoked between authenticate and reserve
     raise Conflict("credits were already reserved for this request")

@@ -39,17 +39,6 @@ class RedisKeys:
         kept by the workers, read for `eta_s` (app/core/eta.py)."""
         return f"{self.prefix}:step_times"
 
-    def events(self, request_id: str) -> str:
-        """Redis Stream of the request's changes (status, progress, result), read with a blocking
-        XREAD by the live status routes; it expires with the request (app/core/lua/_events.lua)."""
-        return f"{self.prefix}:events:{request_id}"
-
-    @property
-    def step_times(self) -> str:
-        """Hash `<model>:<size bucket>` -> moving average of seconds per denoising step per image,
-        kept by the workers, read for `eta_s` (app/core/eta.py)."""
-        return f"{self.prefix}:step_times"
-
     @property
     def processing(self) -> str:
         """Sorted set of PROCESSING request ids (score: start time), watched for lost workers."""

@@ -1,0 +1,97 @@
+"""ETA through a running API and worker on `tiny`: `eta_s` while QUEUED and PROCESSING (null when no
+worker serves the model), the workers' moving average of seconds per step, and the Retry-After of a
+queue-full 429 taken from the same estimate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from app.core import eta
+from tests.faults import running_worker, slow_job, wait_request_end
+from tests.stack import Stack, start_full_stack
+
+pytestmark = pytest.mark.e2e
+SLUG = "sdxl-img2img"
+MAX_QUEUE = 4
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    stack = start_full_stack(tmp_path_factory.mktemp("eta"), SDXL_MAX_QUEUE=str(MAX_QUEUE))
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def http(stack) -> Iterator[httpx.Client]:
+    headers = {"x-api-key": stack.create_key(name="eta")}
+    with httpx.Client(base_url=stack.base_url, headers=headers, timeout=60) as client:
+        yield client
+
+
+def submit(http: httpx.Client, body: dict) -> str:
+    response = http.post(f"/v2/{SLUG}", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["request_id"]
+
+
+def status(http: httpx.Client, request_id: str) -> dict:
+    return http.get(f"/v2/requests/{request_id}/status").json()
+
+
+def test_eta_while_queued_and_processing_then_gone(http, stack):
+    # One request of the size measured first (before any, the estimate is a GPU-class guess).
+    first = submit(http, slow_job(64, 20))
+    wait_request_end(lambda: status(http, first), timeout=60)
+    blocker = submit(http, slow_job(128, 100))
+    running_worker(stack, blocker, timeout=60)
+    waiting = submit(http, slow_job(64, 20))
+    queued = status(http, waiting)
+    running = status(http, blocker)
+    assert queued["status"] == "QUEUED" and queued["workers"] == 1
+    assert running["status"] == "PROCESSING" and running["eta_s"] > 0
+    # It waits for the running one, then runs itself.
+    assert queued["eta_s"] > running["eta_s"] * 0.8, (queued, running)
+    asked = time.monotonic()
+    ended = wait_request_end(lambda: status(http, waiting), timeout=60)
+    actual = time.monotonic() - asked
+    assert ended["status"] == "COMPLETED" and "eta_s" not in ended and "workers" not in ended
+    assert actual / 3 < queued["eta_s"] < actual * 3, (queued["eta_s"], actual)
+    # The workers keep the measure: seconds per step per image of `tiny` at 64x64 and 128x128.
+    step_times = stack.redis().hgetall(stack.keys.step_times)
+    for side in (64, 128):
+        value = float(step_times[f"tiny:{eta.size_bucket(side, side)}".encode()])
+        assert 0 < value < 1, value
+    assert 0 < stack.redis().ttl(stack.keys.step_times) <= eta.TTL_S
+
+
+def test_eta_is_null_when_no_worker_serves_the_model(http):
+    request_id = submit(http, {**slow_job(64, 20), "base_model": "idle"})
+    body = status(http, request_id)
+    assert body["status"] == "QUEUED" and body["eta_s"] is None and body["workers"] == 0
+    assert http.delete(f"/v2/requests/{request_id}").status_code == 202
+
+
+def test_queue_full_retry_after_is_the_estimate(http, stack):
+    blocker = submit(http, slow_job(128, 100))  # about 2.5 s on this box
+    running_worker(stack, blocker, timeout=60)
+    queued = [submit(http, slow_job(64, 20)) for _ in range(MAX_QUEUE)]
+    refused = http.post(f"/v2/{SLUG}", json=slow_job(64, 20))
+    assert refused.status_code == 429
+    # The queue's head starts when the running request ends: seconds, not the fixed hint of 5.
+    retry_after = int(refused.headers["Retry-After"])
+    assert 1 <= retry_after <= 4, retry_after
+    for request_id in queued:
+        http.delete(f"/v2/requests/{request_id}")
+    wait_request_end(lambda: status(http, blocker), timeout=60)
+
+    # A queue full of requests no worker serves: nothing to estimate from, the fixed hint.
+    idle = [submit(http, {**slow_job(64, 20), "base_model": "idle"}) for _ in range(MAX_QUEUE)]
+    refused = http.post(f"/v2/{SLUG}", json=slow_job(64, 20))
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
+    for request_id in idle:
+        http.delete(f"/v2/requests/{request_id}")
