@@ -19,7 +19,7 @@ import redis
 from PIL import Image
 
 from app.core import eta, job_metrics
-from app.core.job_spec import CANCELLED, JobSpec, Status
+from app.core.job_spec import CANCELLED, DEADLINE_EXCEEDED, JobSpec, Status
 from app.core.lifecycle import Lifecycle, as_text, completed_fields, failed_fields
 from app.core.logging_setup import bind_request_id, request_id_var
 from app.core.redis_keys import RedisKeys, RequestField
@@ -68,6 +68,8 @@ def _run(ctx: WorkerContext, request_id: str) -> str:
         ctx.orphans.add(request_id)
         raise
     outcome = as_text(outcome)
+    if outcome == "DEADLINE":
+        return _end_past_deadline(ctx, request_id)
     if outcome != "OK":
         log.info("skipping request", extra={"reason": f"status is {outcome}"})
         return "skipped"
@@ -98,6 +100,18 @@ def _run(ctx: WorkerContext, request_id: str) -> str:
         raise
     finally:
         ctx.current.pop("request_id", None)
+
+
+def _end_past_deadline(ctx: WorkerContext, request_id: str) -> str:
+    """A request popped past its Cancel-After deadline never runs: it ends FAILED "deadline
+    exceeded", refunded (deadline.lua). Should this process die first, the deadline sweep ends it."""
+    spec = JobSpec.from_json(ctx.redis.hget(ctx.keys.request(request_id), RequestField.SPEC))
+    outcome = as_text(ctx.lifecycle.deadline(ctx.redis, request_id, ctx.keys.queue_name(spec.base_model)))
+    if outcome == "EXCEEDED":
+        _record(ctx, spec, Status.FAILED, None)
+        log.warning("request past its deadline: not run", extra={"error": DEADLINE_EXCEEDED})
+        return "failed"
+    return "skipped"
 
 
 def _load(ctx: WorkerContext, request_ids: list[str]) -> list[tuple[JobSpec, bytes | None]]:
@@ -170,12 +184,13 @@ class _Watch:
         flags = self.ctx.lifecycle.progress(self.ctx.redis, self.request_ids, self.ctx.worker_id, step, total)
         self.cancelled = [int(flag) == 1 for flag in flags]
         self.lost = [int(flag) == 2 for flag in flags]
+        self.expired = [int(flag) == 3 for flag in flags]  # past its Cancel-After deadline
 
     def on_step(self, step: int, total: int) -> None:
         self._read(step, total)
 
     def should_cancel(self) -> bool:
-        return any(self.cancelled) or any(self.lost)
+        return any(self.cancelled) or any(self.lost) or any(self.expired)
 
 
 def _generate(ctx: WorkerContext, jobs: list[tuple[JobSpec, bytes]]) -> dict[str, str]:
@@ -233,13 +248,18 @@ def _record_step_time(ctx: WorkerContext, specs: list[JobSpec]) -> None:
 
 
 def _drop_stopped(ctx: WorkerContext, batch: list[Any], watch: _Watch, outcomes: dict[str, str]) -> list[Any]:
-    """After a stopped engine call: cancelled requests end FAILED "cancelled", those taken over by
-    another worker are let go untouched; the rest of the batch is returned to run again."""
-    stopped = [c or lost for c, lost in zip(watch.cancelled, watch.lost, strict=True)]
+    """After a stopped engine call: cancelled requests end FAILED "cancelled", those past their
+    deadline FAILED "deadline exceeded", those taken over by another worker are let go untouched;
+    the rest of the batch is returned to run again."""
+    flags = list(zip(watch.cancelled, watch.lost, watch.expired, strict=True))
+    stopped = [any(flag) for flag in flags]
     if not any(stopped):  # the engine stopped with no flag seen by the watch: treat all as cancelled
-        stopped, watch.cancelled = [True] * len(batch), [True] * len(batch)
-    for job, cancelled, lost in zip(batch, watch.cancelled, watch.lost, strict=True):
-        if lost and not cancelled:
+        stopped = [True] * len(batch)
+        flags = [(True, lost, expired) for _, lost, expired in flags]
+    for job, (cancelled, lost, expired) in zip(batch, flags, strict=True):
+        if expired and not cancelled:
+            outcomes[job.spec.request_id] = _fail(ctx, job.spec, DEADLINE_EXCEEDED, 504)
+        elif lost and not cancelled:
             with bind_request_id(job.spec.request_id):
                 log.warning("request taken over by another worker: stopped here")
             outcomes[job.spec.request_id] = "lost"
@@ -266,6 +286,10 @@ def _complete(ctx: WorkerContext, spec: JobSpec, result: Any) -> str:
         if outcome == "CANCELLED":  # cancelled after its last step: FAILED and refunded, not charged
             _record(ctx, spec, Status.FAILED, None)
             log.warning("request cancelled after its last step", extra={"error": CANCELLED})
+            return "failed"
+        if outcome == "DEADLINE":  # its Cancel-After passed after its last step: FAILED, refunded
+            _record(ctx, spec, Status.FAILED, None)
+            log.warning("request past its deadline after its last step", extra={"error": DEADLINE_EXCEEDED})
             return "failed"
     return "lost"
 

@@ -33,7 +33,13 @@ class Status(StrEnum):
 CANCELLED = "cancelled"
 WORKER_LOST = "worker lost"
 EXPIRED_IN_QUEUE = "expired in queue"
-ENDING_ERRORS = {"CANCELLED": CANCELLED, "WORKER_LOST": WORKER_LOST, "EXPIRED_IN_QUEUE": EXPIRED_IN_QUEUE}
+DEADLINE_EXCEEDED = "deadline exceeded"  # its Cancel-After passed (CONTRACT 10)
+ENDING_ERRORS = {
+    "CANCELLED": CANCELLED,
+    "WORKER_LOST": WORKER_LOST,
+    "EXPIRED_IN_QUEUE": EXPIRED_IN_QUEUE,
+    "DEADLINE_EXCEEDED": DEADLINE_EXCEEDED,
+}
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,12 @@ class Lifecycle:
         args |= {"now": time.time(), "max_queue_time": self.max_queue_time_s}
         return lua_scripts.run(client, "strand", keys=keys, args=args)
 
+    def deadline(self, client: Any, request_id: str, queue_name: str) -> Any:
+        """A request whose Cancel-After deadline has come: "EXCEEDED" (was QUEUED: FAILED "deadline
+        exceeded", refunded), "RUNNING" (its worker stops it at the next step), "EARLY" or "GONE"."""
+        keys, args = self._ending(request_id, queue=f"rq:queue:{queue_name}", deadlines=self.keys.deadlines)
+        return lua_scripts.run(client, "deadline", keys=keys, args={**args, "now": time.time()})
+
     def reap(
         self, client: Any, request_id: str, worker_id: str, queue_name: str, *, hand_back: bool = False
     ) -> Any:
@@ -127,7 +133,8 @@ class Lifecycle:
         self, client: Any, request_ids: list[str], worker_id: str, step: int | None, total: int
     ) -> Any:
         """Writes a step's progress for the requests `worker_id` still holds; for each request 0 (run
-        on), 1 (cancelled) or 2 (not this worker's any more). `step=None` only reads."""
+        on), 1 (cancelled), 2 (not this worker's any more) or 3 (past its Cancel-After deadline).
+        `step=None` only reads."""
         return lua_scripts.run(
             client,
             "progress",
@@ -136,6 +143,7 @@ class Lifecycle:
                 "worker": worker_id,
                 "step": "" if step is None else step,
                 "total": total,
+                "now": time.time(),
                 "events_prefix": self.keys.events(""),
                 "ids": request_ids,
             },

@@ -20,6 +20,7 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from app.core import admission, job_metrics
+from app.core.deadlines import end_past_deadlines
 from app.core.job_spec import JobSpec, Status
 from app.core.lifecycle import Lifecycle, as_text
 from app.core.redis_keys import RedisKeys, RequestField
@@ -33,6 +34,7 @@ def reap_lost_requests(
     """One pass over the PROCESSING requests whose worker is dead and the QUEUED requests unchecked
     for `stranded_after_s`; returns {request_id: outcome} for those acted on."""
     acted = roll_back_reservations(client, keys, older_than_s=stranded_after_s)
+    acted |= end_past_deadlines(client, keys, lifecycle)
     acted |= requeue_stranded(client, keys, lifecycle, older_than_s=stranded_after_s)
     for raw_id in client.zrange(keys.processing, 0, -1):
         request_id = raw_id.decode()

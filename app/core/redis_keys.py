@@ -40,6 +40,12 @@ class RedisKeys:
         return f"{self.prefix}:step_times"
 
     @property
+    def deadlines(self) -> str:
+        """Sorted set of the ids of requests with a Cancel-After (score: their deadline), for ending
+        the queued ones at their deadline (app/core/deadlines.py)."""
+        return f"{self.prefix}:deadlines"
+
+    @property
     def processing(self) -> str:
         """Sorted set of PROCESSING request ids (score: start time), watched for lost workers."""
         return f"{self.prefix}:processing"
@@ -117,7 +123,7 @@ class RequestField:
     STARTED_AT = "started_at"
     FINISHED_AT = "finished_at"
     ERROR = "error"
-    ERROR_STATUS = "error_status"  # the HTTP status a FAILED request deserves on v1 (400 or 500)
+    ERROR_STATUS = "error_status"  # the HTTP status a FAILED request deserves on v1 (400, 500 or 504)
     WORKER = "worker"
     ATTEMPTS = "attempts"
     STEP = "step"
@@ -126,6 +132,7 @@ class RequestField:
     CANCEL = "cancel"  # set to 1 when a cancel was asked for a PROCESSING request
     REFUNDED = "refunded"  # set once credits were given back (exactly once)
     WEBHOOK = "webhook_url"
+    DEADLINE = "deadline"  # Cancel-After: when (epoch seconds) it ends "deadline exceeded" unless ended
     BASE_URL = "base_url"  # the public base URL the request came in on, for the webhook's output URLs
 
 

@@ -1,6 +1,6 @@
 """What a submission carries beyond its body (CONTRACT 10): the request id its Idempotency-Key
-record holds, and that record. The submission's enqueue writes them in its MULTI/EXEC, beside the
-request itself, so they exist exactly when the request does."""
+record holds, that record, and its Cancel-After. The submission's enqueue writes them in its
+MULTI/EXEC, beside the request itself, so they exist exactly when the request does."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from typing import Any
 
 from app.core import idempotency
 from app.core.job_spec import JobSpec
-from app.core.redis_keys import RedisKeys
+from app.core.redis_keys import RedisKeys, RequestField
 
 
 @dataclass(frozen=True)
 class RequestOptions:
     request_id: str | None = None  # given by the Idempotency-Key's record; None: a fresh one
     idempotency_record: str | None = None
+    cancel_after_s: float | None = None  # Cancel-After: seconds from submission (app/core/deadlines.py)
 
     def watched(self) -> list[str]:
         """Keys the enqueue WATCHes: a change to them between the check and EXEC fails the EXEC."""
@@ -34,3 +35,7 @@ class RequestOptions:
         if self.idempotency_record:
             pipe.hset(self.idempotency_record, idempotency.STATE, idempotency.CREATED)
             pipe.expire(self.idempotency_record, ttl)
+        if self.cancel_after_s is not None:
+            deadline = spec.created_at + self.cancel_after_s
+            pipe.hset(keys.request(spec.request_id), RequestField.DEADLINE, repr(deadline))
+            pipe.zadd(keys.deadlines, {spec.request_id: deadline})

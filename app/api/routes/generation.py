@@ -18,7 +18,7 @@ from app.api.auth import submission_key
 from app.api.idempotent_submission import submit_once
 from app.api.request_body import parse_body
 from app.api.submission import Submitted
-from app.core import admission, idempotency
+from app.core import admission, deadlines, idempotency
 from app.core.api_keys import ApiKey
 from app.core.errors import GatewayTimeout, InvalidInput, NotFound, ServiceError, Unavailable
 from app.core.job_spec import CONTENT_TYPES, SLUG, Status
@@ -84,6 +84,7 @@ def accounting_headers(submitted: Submitted) -> dict[str, str]:
 async def submit(request: Request, state: AppState) -> Submitted:
     key: ApiKey = await submission_key(request, state)
     idempotency_key = idempotency.parse_header(request.headers)  # a bad header: 400 before the body
+    cancel_after_s = deadlines.parse_cancel_after(request.headers)
     data = await parse_body(request, state.settings.max_body_bytes)
     params = validate_body(
         data, model_names=state.models.names, default_base_model=state.settings.default_base_model
@@ -95,7 +96,7 @@ async def submit(request: Request, state: AppState) -> Submitted:
         image = await state.submitter.prepare(params)
         return await state.submitter.submit(key, params, image, base_url=base_url, options=options)
 
-    options = RequestOptions()
+    options = RequestOptions(cancel_after_s=cancel_after_s)
     if idempotency_key is None:
         return await submit_new(options)
     digest = idempotency.body_digest(data)
@@ -184,6 +185,8 @@ async def answer_v1(state: AppState, submitted: Submitted) -> Response:
     if record.status is Status.FAILED:
         if record.error_status == 400:
             raise InvalidInput(record.error)
+        if record.error_status == 504:  # its Cancel-After passed: the client's own time limit
+            raise GatewayTimeout(record.error)
         raise ServiceError(record.error or "request failed")
     result = record.result or {}
     files = [image["file_name"] for image in result["images"]]

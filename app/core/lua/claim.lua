@@ -8,7 +8,10 @@
 local taken = {}
 for i, request in ipairs(K.requests) do
   local id = A.ids[i]
-  if redis.call('HGET', request, F.STATUS) == ST.QUEUED and redis.call('LREM', K.queue, 1, id) > 0 then
+  local deadline = tonumber(redis.call('HGET', request, F.DEADLINE) or 'inf')
+  -- (one past its Cancel-After stays in the queue, to be ended there: it never runs)
+  if redis.call('HGET', request, F.STATUS) == ST.QUEUED and tonumber(A.now) < deadline
+     and redis.call('LREM', K.queue, 1, id) > 0 then
     redis.call('HSET', request, F.STATUS, ST.PROCESSING, F.WORKER, A.worker, F.STARTED_AT, A.now,
       F.STEP, 0, F.TOTAL, 0)
     redis.call('HINCRBY', request, F.ATTEMPTS, 1)

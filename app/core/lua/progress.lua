@@ -1,8 +1,9 @@
 --! keys: *requests
---! args: worker step total events_prefix *ids
+--! args: worker step total now events_prefix *ids
 -- One denoising step of a batch: progress written (and put on each request's event stream), and
 -- for each request whether the worker must stop: 1 cancelled, 2 not its own any more (presumed lost
--- while frozen, taken over since; its progress must not overwrite the new run's), 0 run on.
+-- while frozen, taken over since; its progress must not overwrite the new run's), 3 past its
+-- Cancel-After deadline (A.now: the worker's clock, as at submission), 0 run on.
 -- A.step = '' only reads the flags. A.ids: the request ids, in the order of K.requests.
 local out = {}
 for i, request in ipairs(K.requests) do
@@ -14,7 +15,10 @@ for i, request in ipairs(K.requests) do
       redis.call('HSET', request, F.STEP, A.step, F.TOTAL, A.total)
       emit_event(A.events_prefix .. A.ids[i], request, 'progress', 'step', A.step, 'total', A.total)
     end
-    if redis.call('HEXISTS', request, F.CANCEL) == 1 then out[i] = 1 else out[i] = 0 end
+    local deadline = tonumber(redis.call('HGET', request, F.DEADLINE) or 'inf')
+    if redis.call('HEXISTS', request, F.CANCEL) == 1 then out[i] = 1
+    elseif tonumber(A.now) >= deadline then out[i] = 3
+    else out[i] = 0 end
   end
 end
 return out
