@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.faults import wait_request_end
-from tests.stack import start_full_stack
+from tests.faults import wait_request_end, wait_until
+from tests.stack import make_stack, start_full_stack
 from tests.test_e2e_api import FAST, IMAGE, SLUG
 
 pytestmark = pytest.mark.e2e
@@ -67,3 +67,94 @@ def test_credits_need_a_valid_key(stack):
     assert answer.json() == {"error": "Missing Authorization or x-api-key in header"}
     answer = httpx.get(f"{stack.base_url}/v1/credits", headers={"x-api-key": "sk-nope"}, timeout=10)
     assert answer.status_code == 401 and "invalid" in answer.json()["error"]
+
+
+def submit(http, **fields) -> str:
+    answer = http.post(f"/v2/{SLUG}", json=body(**fields))
+    assert answer.status_code == 200, answer.text
+    return answer.json()["request_id"]
+
+
+def test_listing_is_the_keys_own_requests_newest_first_page_by_page(stack):
+    key = stack.create_key(name="lister")
+    with client(stack, key) as http:
+        ids = [submit(http, base_model="idle") for _ in range(5)]
+        first = http.get("/v2/requests", params={"limit": 2}).json()
+        assert [r["request_id"] for r in first["requests"]] == ids[::-1][:2]
+        assert all(r["status"] == "QUEUED" and "queue_position" in r for r in first["requests"])
+        assert first["requests"][0]["created_at"].startswith("20")
+        second = http.get("/v2/requests", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+        third = http.get("/v2/requests", params={"limit": 2, "cursor": second["next_cursor"]}).json()
+        assert [r["request_id"] for r in second["requests"] + third["requests"]] == ids[::-1][2:]
+        assert third["next_cursor"] is None
+        everything = http.get("/v2/requests").json()  # default limit 20
+        assert [r["request_id"] for r in everything["requests"]] == ids[::-1]
+        assert everything["next_cursor"] is None
+        for request_id in ids:
+            assert http.delete(f"/v2/requests/{request_id}").status_code == 202
+    with client(stack, stack.create_key(name="someone else")) as http:
+        assert http.get("/v2/requests").json() == {"requests": [], "next_cursor": None}
+
+
+def test_listing_filters_by_status(stack):
+    key = stack.create_key(name="filter")
+    with client(stack, key) as http:
+        failed = submit(http, base_model="broken")
+        completed = submit(http)
+        queued = submit(http, base_model="idle")
+        for request_id in (failed, completed):
+            wait_request_end(lambda rid=request_id: http.get(f"/v2/requests/{rid}/status"))
+        by_status = {
+            status: [
+                r["request_id"]
+                for r in http.get("/v2/requests", params={"status": status}).json()["requests"]
+            ]
+            for status in ("QUEUED", "PROCESSING", "COMPLETED", "FAILED")
+        }
+        assert by_status == {
+            "QUEUED": [queued],
+            "PROCESSING": [],
+            "COMPLETED": [completed],
+            "FAILED": [failed],
+        }
+        [failed_body] = http.get("/v2/requests", params={"status": "failed", "limit": 1}).json()["requests"]
+        assert failed_body["error"] and failed_body["status"] == "FAILED"
+        http.delete(f"/v2/requests/{queued}")
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"status": "DONE"}, "status"),
+        ({"cursor": "not-a-cursor"}, "cursor"),
+    ],
+)
+def test_bad_listing_parameters_are_400(stack, params, named):
+    with client(stack, stack.create_key(name="bad")) as http:
+        answer = http.get("/v2/requests", params=params)
+    assert answer.status_code == 400 and answer.json()["error"].startswith(named)
+
+
+def test_the_index_expires_with_the_requests():
+    # No worker: requests wait QUEUED (TTL SDXL_MAX_QUEUE_TIME_S + SDXL_RESULT_TTL_S = 3 s); a
+    # cancel ends one (TTL 1 s).
+    stack = make_stack(SDXL_RESULT_TTL_S="1", SDXL_MAX_QUEUE_TIME_S="2")
+    try:
+        stack.start_api()
+        key = stack.create_key(name="ttl")
+        with client(stack, key) as http:
+            kept, cancelled = submit(http), submit(http)
+            [index] = list(stack.redis().scan_iter(match=f"{stack.prefix}:keyreqs:*"))
+            assert 0 < stack.redis().ttl(index) <= 3
+            assert http.delete(f"/v2/requests/{cancelled}").status_code == 202
+            wait_until(lambda: http.get(f"/v2/requests/{cancelled}").status_code == 404, 10, "its TTL")
+            listed = http.get("/v2/requests").json()["requests"]
+            assert [r["request_id"] for r in listed] == [kept]
+            assert stack.redis().zrange(index, 0, -1) == [kept.encode()], "the expired entry left the index"
+            wait_until(lambda: not stack.redis().exists(index), 10, "the index to expire")
+            assert http.get("/v2/requests").json() == {"requests": [], "next_cursor": None}
+    finally:
+        stack.stop()

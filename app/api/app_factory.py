@@ -17,7 +17,7 @@ from app.api import metrics_http
 from app.api.app_state import AppState
 from app.api.http_errors import install_error_handlers
 from app.api.request_body import BodySizeLimit
-from app.api.routes import account, events, generation, health, playground, requests
+from app.api.routes import account, events, generation, health, listing, playground, requests
 from app.api.submission import Submitter
 from app.core import api_keys
 from app.core.lifecycle import Lifecycle
@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None, models: ModelsConfig | None = N
     app.include_router(requests.router)
     app.include_router(events.router)
     app.include_router(account.router)
+    app.include_router(listing.router)
     app.include_router(playground.router)
     app.include_router(
         metrics_http.create_metrics_router(registry, lambda: state.aio, state.keys, models.names)

@@ -39,6 +39,11 @@ class RedisKeys:
         kept by the workers, read for `eta_s` (app/core/eta.py)."""
         return f"{self.prefix}:step_times"
 
+    def key_requests(self, key_id: str) -> str:
+        """Sorted set of one API key's request ids (score: submission time), for GET /v2/requests;
+        it expires with the newest of them, and entries past any request's TTL are trimmed."""
+        return f"{self.prefix}:keyreqs:{key_id}"
+
     @property
     def deadlines(self) -> str:
         """Sorted set of the ids of requests with a Cancel-After (score: their deadline), for ending

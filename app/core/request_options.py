@@ -32,6 +32,12 @@ class RequestOptions:
 
     def write(self, pipe: Any, keys: RedisKeys, spec: JobSpec, ttl: int) -> None:
         """Inside the enqueue's MULTI: what the options add to a new request, with its TTL."""
+        # The key's listing index (GET /v2/requests): it lives as long as its newest request may,
+        # and loses the entries older than any request can be (no key without a TTL, no growth).
+        index = keys.key_requests(spec.key_id)
+        pipe.zadd(index, {spec.request_id: spec.created_at})
+        pipe.zremrangebyscore(index, "-inf", f"({spec.created_at - ttl}")
+        pipe.expire(index, ttl)
         if self.idempotency_record:
             pipe.hset(self.idempotency_record, idempotency.STATE, idempotency.CREATED)
             pipe.expire(self.idempotency_record, ttl)
