@@ -80,7 +80,7 @@ async def _parse_form(request: Request, max_bytes: int) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for name, value in form.multi_items():
         if isinstance(value, UploadFile):
-            if name != "image":
+            if name not in ("image", "init_image"):  # init_image: the spelling of clients in the wild
                 raise InvalidInput(f"only the image field may be a file upload, got a file for {name!r}")
             data[name] = await value.read()
         else:

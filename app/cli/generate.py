@@ -18,19 +18,14 @@ from typing import Any
 
 from app.core.errors import ServiceError
 
-# Flags that map one-to-one onto request fields (CONTRACT 2); None = leave the API default.
-_FIELDS: tuple[tuple[str, type, str], ...] = (
-    ("negative_prompt", str, "what the image should not show (default: none)"),
-    ("base_model", str, "a name from models.yaml (default: SDXL_DEFAULT_BASE_MODEL)"),
-    ("scheduler", str, "one of the 30 sampler names, e.g. 'DPM++ 2M Karras' (default: UniPC)"),
-    ("num_inference_steps", int, "20 to 100 (default 30)"),
-    ("guidance_scale", float, "0.1 to 25 (default 6.5)"),
-    ("strength", float, "0.1 to 1: how far from the input image (default 0.65)"),
-    ("samples", int, "1 to 4 images (default 1); the files get -0, -1, ... suffixes"),
-    ("seed", int, "0 to 2^64-1, or -1 for a random one (default -1)"),
-    ("output_format", str, "jpeg, png or webp (default: from the --out suffix, else jpeg)"),
-    ("output_quality", int, "1 to 100, for jpeg and webp (default 95)"),
-)
+# Fields with flags of their own or set otherwise (--image, --prompt; the webhook needs a server).
+_NOT_FLAGS = {"image", "prompt", "webhook_url", "base64"}
+# Where the CLI's default differs from the API's, or needs saying.
+_HELP_NOTES = {
+    "samples": "the files get -0, -1, ... suffixes",
+    "output_format": "default: from the --out suffix, else jpeg",
+    "scheduler": "e.g. 'DPM++ 2M Karras' (default UniPC)",
+}
 _SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
 
 
@@ -45,9 +40,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--prompt", required=True, help="what the image should show")
     parser.add_argument("--out", required=True, type=Path, metavar="PATH", help="where to write the image")
-    for field, kind, text in _FIELDS:
-        parser.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None, help=text)
+    for rule in _flag_rules():
+        parser.add_argument(
+            "--" + rule.name.replace("_", "-"), dest=rule.name, type=rule.kind, default=None, help=_help(rule)
+        )
     parser.set_defaults(handler=run)
+
+
+def _flag_rules() -> list[Any]:
+    """The request fields of CONTRACT 2 that are flags, read from the one declaration of the body."""
+    from app.core.request_model import field_rules
+
+    return [rule for name, rule in field_rules().items() if name not in _NOT_FLAGS]
+
+
+def _help(rule: Any) -> str:
+    """`--steps`'s help from the field: what it is, its range or choices, its default."""
+    parts = [rule.description]
+    short_choices = rule.choices is not None and len(rule.choices) <= 5  # not the 30 schedulers
+    if short_choices or (rule.low is not None and rule.kind in (int, float)):
+        parts.append(rule.allowed())
+    if rule.name in _HELP_NOTES:
+        parts.append(_HELP_NOTES[rule.name])
+    elif rule.default not in (None, ""):
+        parts.append(f"default {rule.default}")
+    return "; ".join(part for part in parts if part)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     models = load_models_config(settings.models_file)
     body: dict[str, Any] = {"image": args.image, "prompt": args.prompt}
-    body.update({field: getattr(args, field) for field, _, _ in _FIELDS if getattr(args, field) is not None})
+    flags = {rule.name: getattr(args, rule.name) for rule in _flag_rules()}
+    body.update({name: value for name, value in flags.items() if value is not None})
     if "output_format" not in body and args.out.suffix.lower() in _SUFFIX_FORMATS:
         body["output_format"] = _SUFFIX_FORMATS[args.out.suffix.lower()]
     try:

@@ -90,8 +90,11 @@ def working_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return (w // 8) * 8, (h // 8) * 8
 
 
-def prepare_image(data: bytes, settings: Settings) -> PreparedImage:
-    """Decode `data` and return it normalised to RGB at the working resolution (sync, CPU bound)."""
+def prepare_image(data: bytes, settings: Settings, resize_to: tuple[int, int] | None = None) -> PreparedImage:
+    """Decode `data` and return it normalised to RGB at the working resolution (sync, CPU bound).
+
+    `resize_to` (`img_width`/`img_height` of clients in the wild, CONTRACT 9): the size wanted for the
+    upright image, aspect not kept, then capped to `max_pixels` and rounded down to multiples of 8."""
     if not data:
         raise InvalidInput("image is empty")
     if len(data) > settings.max_image_bytes:
@@ -99,7 +102,7 @@ def prepare_image(data: bytes, settings: Settings) -> PreparedImage:
 
     im = _open_checked(data, settings)
     width, height = im.size
-    target = working_size(width, height, settings.max_pixels)
+    target = working_size(*(resize_to or (width, height)), settings.max_pixels)
     if min(target) < MIN_SIDE:
         raise InvalidInput(
             f"image of {width}x{height} px is too elongated: at the working resolution "
@@ -110,12 +113,14 @@ def prepare_image(data: bytes, settings: Settings) -> PreparedImage:
         # photo then costs a fraction of the time and memory. Deterministic, and never below
         # the size we resize to (draft keeps each side >= the size asked for).
         need = max(target[0] / width, target[1] / height)
+        if resize_to:  # the wanted size is the upright one: never draft below either orientation
+            need = max(need, target[0] / height, target[1] / width)
         im.draft("RGB", (math.ceil(width * need), math.ceil(height * need)))
     _load_fully(im)
 
     loaded_size = im.size
     upright = _apply_orientation(im)
-    if upright.size != loaded_size:
+    if upright.size != loaded_size and not resize_to:
         # EXIF orientation turned the image a quarter: the working size of the upright image.
         # (Computed from the header size, not the draft-reduced one, so it never depends on draft.)
         target = (target[1], target[0])
@@ -172,7 +177,11 @@ _URL_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
 async def load_input_image(
-    source: str, settings: Settings, *, address_allowed: AddressPolicy | None = None
+    source: str,
+    settings: Settings,
+    *,
+    address_allowed: AddressPolicy | None = None,
+    resize_to: tuple[int, int] | None = None,
 ) -> PreparedImage:
     """The `image` field of a request (URL, data URL or bare base64) -> the prepared image.
 
@@ -187,12 +196,14 @@ async def load_input_image(
         data = await fetch_image_bytes(text, settings, address_allowed=address_allowed)
     else:
         data = decode_base64_image(text, settings)
-    return await load_input_bytes(data, settings)
+    return await load_input_bytes(data, settings, resize_to=resize_to)
 
 
-async def load_input_bytes(data: bytes, settings: Settings) -> PreparedImage:
+async def load_input_bytes(
+    data: bytes, settings: Settings, *, resize_to: tuple[int, int] | None = None
+) -> PreparedImage:
     """An uploaded file's bytes (multipart `image`) -> the prepared image, decoded in a thread."""
-    return await anyio.to_thread.run_sync(prepare_image, data, settings)
+    return await anyio.to_thread.run_sync(prepare_image, data, settings, resize_to)
 
 
 # --- helpers -----------------------------------------------------------------------------------

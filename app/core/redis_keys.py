@@ -138,6 +138,7 @@ class RequestField:
     REFUNDED = "refunded"  # set once credits were given back (exactly once)
     WEBHOOK = "webhook_url"
     DEADLINE = "deadline"  # Cancel-After: when (epoch seconds) it ends "deadline exceeded" unless ended
+    QUEUE = "queue"  # its RQ queue's key: where a request parked by its key's concurrency goes back
     BASE_URL = "base_url"  # the public base URL the request came in on, for the webhook's output URLs
 
 

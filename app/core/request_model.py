@@ -1,15 +1,24 @@
-"""The request body of CONTRACT section 2: every field, default and range, and errors that name the
-field and the allowed values (`num_inference_steps must be between 20 and 100, got 19`)."""
+"""The request body of CONTRACT section 2, declared once.
+
+`Img2ImgRequest` holds every field with its type, default, range and description. The OpenAPI
+schema, the validation of a body (`validate_body`), the wording of its errors and the CLI's flags
+(`sdxl-img2img generate --help`) are all read from it, so a default or a range is written in one
+place. Validation is ours rather than pydantic's own because the errors must be one sentence that
+names the field and the allowed values (`num_inference_steps must be between 20 and 100, got 19`),
+as Segmind clients expect, and because form fields arrive as strings.
+"""
 
 from __future__ import annotations
 
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.client_spellings import normalise_spellings
 from app.core.errors import InvalidInput
 from app.core.job_spec import OUTPUT_FORMATS, SEED_MODULUS, JobSpec
 from app.core.scheduler_names import DEFAULT_SCHEDULER, SCHEDULER_NAMES
@@ -20,27 +29,93 @@ RANDOM_SEED_BOUND = 2**32  # seed -1 draws uniformly in 0 to 2^32-1 (CONTRACT 3b
 
 
 class Img2ImgRequest(BaseModel):
-    """The body as documented in OpenAPI. Validation itself is `validate_body`, so that every error is
-    one sentence naming the field (pydantic's own error lists are not what Segmind clients expect)."""
+    """The body as documented in OpenAPI, and the one declaration validation reads its rules from."""
 
     model_config = ConfigDict(extra="allow")
 
     image: str = Field(description="http(s) URL, data:image/...;base64 URL, or bare base64 of an image file")
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    base_model: str | None = Field(
-        None, description="a name from models.yaml (default SDXL_DEFAULT_BASE_MODEL)"
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what the image should show")
+    negative_prompt: str = Field(
+        "", max_length=MAX_PROMPT_CHARS, description="what the image should not show"
     )
-    scheduler: str = Field(DEFAULT_SCHEDULER, json_schema_extra={"enum": list(SCHEDULER_NAMES)})
-    num_inference_steps: int = Field(30, ge=20, le=100)
-    guidance_scale: float = Field(6.5, ge=0.1, le=25)
-    strength: float = Field(0.65, ge=0.1, le=1)
-    samples: int = Field(1, ge=1, le=4)
-    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 for random")
-    base64: bool = False
-    output_format: str = Field("jpeg", json_schema_extra={"enum": list(OUTPUT_FORMATS)})
-    output_quality: int = Field(95, ge=1, le=100)
-    webhook_url: str | None = None
+    base_model: str | None = Field(
+        None, description="a name from models.yaml (default: SDXL_DEFAULT_BASE_MODEL)"
+    )
+    scheduler: str = Field(
+        DEFAULT_SCHEDULER,
+        description="one of the 30 sampler names",
+        json_schema_extra={"enum": list(SCHEDULER_NAMES)},
+    )
+    num_inference_steps: int = Field(30, ge=20, le=100, description="denoising steps")
+    guidance_scale: float = Field(6.5, ge=0.1, le=25, description="how closely to follow the prompt")
+    strength: float = Field(0.65, ge=0.1, le=1, description="how far from the input image")
+    samples: int = Field(1, ge=1, le=4, description="images to make; output i has seed + i")
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 for a random one")
+    base64: bool = Field(False, description="v1: answer JSON with base64 images instead of the image")
+    output_format: str = Field(
+        "jpeg", description="format of the outputs", json_schema_extra={"enum": list(OUTPUT_FORMATS)}
+    )
+    output_quality: int = Field(95, ge=1, le=100, description="for jpeg and webp")
+    webhook_url: str | None = Field(
+        None, max_length=2048, description="an http(s) URL POSTed the result when the request ends"
+    )
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """What a field accepts, read from `Img2ImgRequest` (see `field_rules`)."""
+
+    name: str
+    kind: type  # str, int, float or bool
+    default: Any
+    required: bool
+    low: float | None = None  # numbers: the range; text: the length
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    description: str = ""
+
+    def allowed(self) -> str:
+        """The allowed values in words, as error messages and `--help` say them."""
+        if self.choices:
+            return ", ".join(self.choices)
+        if self.kind is bool:
+            return "true or false"
+        if self.kind is str:
+            return f"{self.low or 0:g} to {self.high:g} characters" if self.high else "a string"
+        if self.kind is int:
+            return f"{int(self.low)} to {int(self.high)}"
+        return f"{self.low:g} to {self.high:g}"
+
+
+def _kind(annotation: Any) -> type:
+    """`str | None` -> str: the type a field holds when it is sent."""
+    return next((arg for arg in get_args(annotation) if arg is not type(None)), annotation)
+
+
+@cache
+def field_rules() -> dict[str, FieldRule]:
+    """Every field's rule, in declaration order."""
+    rules = {}
+    for name, info in Img2ImgRequest.model_fields.items():
+        kind = _kind(info.annotation)
+        bounds = {type(m).__name__: m for m in info.metadata}
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        low = getattr(bounds.get("Ge"), "ge", None)
+        high = getattr(bounds.get("Le"), "le", None)
+        if kind is str:
+            low = getattr(bounds.get("MinLen"), "min_length", 0)
+            high = getattr(bounds.get("MaxLen"), "max_length", None)
+        rules[name] = FieldRule(
+            name=name,
+            kind=kind,
+            default=None if info.is_required() else info.default,
+            required=info.is_required(),
+            low=low,
+            high=high,
+            choices=tuple(extra["enum"]) if "enum" in extra else None,
+            description=info.description or "",
+        )
+    return rules
 
 
 @dataclass(frozen=True)
@@ -61,6 +136,9 @@ class GenerationParams:
     output_format: str
     output_quality: int
     webhook_url: str | None
+    # `img_width`/`img_height` of clients in the wild (CONTRACT 9): the working size they want.
+    resize_to: tuple[int, int] | None = None
+    ignored_fields: tuple[str, ...] = ()  # unknown fields, named back in `x-ignored-fields`
 
     def to_job_spec(
         self,
@@ -94,6 +172,49 @@ class GenerationParams:
             cost=cost,
             created_at=time.time(),
         )
+
+
+def validate_body(data: Any, *, model_names: list[str], default_base_model: str) -> GenerationParams:
+    """Validate a parsed body (a JSON object, or multipart form fields) into GenerationParams."""
+    if not isinstance(data, dict):
+        raise InvalidInput("request body must be a JSON object")
+    rules = field_rules()
+    spelled = normalise_spellings(data, known=rules.keys())
+    data = spelled.body
+    image = data.get("image")
+    if image in (None, "", b""):
+        raise InvalidInput("image is required: an http(s) URL, a data URL or base64 of an image file")
+    if not isinstance(image, str | bytes):
+        raise InvalidInput("image must be a string: an http(s) URL, a data URL or base64 of an image file")
+    values: dict[str, Any] = {"image": image}
+    for name, rule in rules.items():
+        if name == "image":
+            continue
+        value = data.get(name)
+        if name == "base_model":
+            rule = FieldRule(name, str, default_base_model, False, choices=tuple(model_names))
+        if value is None and rule.required:
+            raise InvalidInput(f"{name} is required")
+        if value is None:
+            values[name] = rule.default
+        else:
+            values[name] = _coerce(rule, value)
+    webhook_url = values["webhook_url"]
+    if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
+        raise InvalidInput(f"webhook_url must be an http(s) URL, got {webhook_url!r}")
+    return GenerationParams(**values, resize_to=spelled.resize_to, ignored_fields=spelled.ignored)
+
+
+def _coerce(rule: FieldRule, value: Any) -> Any:
+    if rule.choices is not None:
+        return _choice(rule, value)
+    if rule.kind is bool:
+        return _boolean(rule.name, value)
+    if rule.kind is int:
+        return _integer(rule.name, value, int(rule.low), int(rule.high))
+    if rule.kind is float:
+        return _number(rule.name, value, rule.low, rule.high)
+    return _text(rule, value)
 
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -144,61 +265,21 @@ def _boolean(name: str, value: Any) -> bool:
     raise InvalidInput(f"{name} must be true or false, got {value!r}")
 
 
-def _text(name: str, value: Any, *, min_chars: int, max_chars: int) -> str:
+def _text(rule: FieldRule, value: Any) -> str:
+    low, high = int(rule.low or 0), int(rule.high or 2**31)
     if not isinstance(value, str):
-        raise InvalidInput(f"{name} must be a string of {min_chars} to {max_chars} characters, got {value!r}")
-    if not min_chars <= len(value) <= max_chars:
+        raise InvalidInput(f"{rule.name} must be a string of {low} to {high} characters, got {value!r}")
+    if not low <= len(value) <= high:
         raise InvalidInput(
-            f"{name} must be a string of {min_chars} to {max_chars} characters, got {len(value)} characters"
+            f"{rule.name} must be a string of {low} to {high} characters, got {len(value)} characters"
         )
     if "\x00" in value:
-        raise InvalidInput(f"{name} must not contain NUL characters")
+        raise InvalidInput(f"{rule.name} must not contain NUL characters")
     return value
 
 
-def _choice(name: str, value: Any, allowed: list[str] | tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in allowed:
+def _choice(rule: FieldRule, value: Any) -> str:
+    if not isinstance(value, str) or value not in rule.choices:
         shown = value if len(repr(value)) < 80 else repr(value)[:77] + "..."
-        raise InvalidInput(f"{name} must be one of {', '.join(allowed)}; got {shown!r}")
+        raise InvalidInput(f"{rule.name} must be one of {', '.join(rule.choices)}; got {shown!r}")
     return value
-
-
-def validate_body(data: Any, *, model_names: list[str], default_base_model: str) -> GenerationParams:
-    """Validate a parsed body (a JSON object, or multipart form fields) into GenerationParams."""
-    if not isinstance(data, dict):
-        raise InvalidInput("request body must be a JSON object")
-    if "image" not in data or data["image"] in (None, "", b""):
-        raise InvalidInput("image is required: an http(s) URL, a data URL or base64 of an image file")
-    image = data["image"]
-    if not isinstance(image, str | bytes):
-        raise InvalidInput("image must be a string: an http(s) URL, a data URL or base64 of an image file")
-    if "prompt" not in data:
-        raise InvalidInput("prompt is required")
-
-    def get(name: str, default: Any) -> Any:
-        value = data.get(name)
-        return default if value is None else value
-
-    webhook_url = data.get("webhook_url")
-    if webhook_url is not None and (
-        not isinstance(webhook_url, str) or not webhook_url.startswith(("http://", "https://"))
-    ):
-        raise InvalidInput(f"webhook_url must be an http(s) URL, got {webhook_url!r}")
-    return GenerationParams(
-        image=image,
-        prompt=_text("prompt", data["prompt"], min_chars=1, max_chars=MAX_PROMPT_CHARS),
-        negative_prompt=_text(
-            "negative_prompt", get("negative_prompt", ""), min_chars=0, max_chars=MAX_PROMPT_CHARS
-        ),
-        base_model=_choice("base_model", get("base_model", default_base_model), model_names),
-        scheduler=_choice("scheduler", get("scheduler", DEFAULT_SCHEDULER), SCHEDULER_NAMES),
-        num_inference_steps=_integer("num_inference_steps", get("num_inference_steps", 30), 20, 100),
-        guidance_scale=_number("guidance_scale", get("guidance_scale", 6.5), 0.1, 25),
-        strength=_number("strength", get("strength", 0.65), 0.1, 1),
-        samples=_integer("samples", get("samples", 1), 1, 4),
-        seed=_integer("seed", get("seed", -1), -1, MAX_SEED),
-        base64=_boolean("base64", get("base64", False)),
-        output_format=_choice("output_format", get("output_format", "jpeg"), OUTPUT_FORMATS),
-        output_quality=_integer("output_quality", get("output_quality", 95), 1, 100),
-        webhook_url=webhook_url,
-    )
