@@ -74,9 +74,9 @@ WORKDIR /app
 COPY models.yaml ./models.yaml
 USER 10001
 VOLUME ["/models"]
-# Healthy while this container's worker keeps its heartbeat alive in Redis. Worker ids start with
-# the hostname (worker/service.py), so the check is pinned to this container, not to any worker.
+# Healthy while this container's worker is in the registry of live workers (no keyspace scan).
+# Worker ids start with the hostname (worker/service.py), so the check is pinned to this container.
 # The long start period covers a first start that downloads checkpoints (`models pull` avoids it).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30m --retries=3 \
-    CMD ["python", "-c", "import socket, redis; from app.core.settings import Settings; s = Settings(); r = redis.Redis.from_url(s.redis_url, socket_timeout=5); raise SystemExit(0 if next(r.scan_iter(f'{s.redis_prefix}:worker:{socket.gethostname()}-*', count=1000), None) else 1)"]
+    CMD ["python", "-c", "from app.core.worker_registry import healthcheck; raise SystemExit(healthcheck())"]
 CMD ["sdxl-img2img", "worker"]

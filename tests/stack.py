@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from app.core import api_keys
+from app.core import api_keys, worker_registry
 from app.core.redis_keys import RedisKeys
 from tests.conftest import REDIS_URL, REPO_ROOT, TEST_CACHE_DIR
 
@@ -74,7 +74,7 @@ class Stack:
         return process
 
     def live_workers(self) -> int:
-        return sum(1 for _ in self.redis().scan_iter(match=self.keys.worker_pattern))
+        return len(worker_registry.live_workers(self.redis(), self.keys))
 
     def _get(self, path: str) -> int | None:
         try:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.metrics_http import RequestMetricsMiddleware, create_metrics_router
+from app.core import worker_registry
 from app.core.job_metrics import record_job
 from app.core.redis_keys import RedisKeys
 from tests.conftest import REDIS_URL
@@ -112,6 +113,9 @@ def test_scrape_reports_every_metric(redis_prefix: str, redis_client: redis.Redi
     redis_client.set(
         keys.worker("cpu-box:1"), json.dumps({"id": "cpu-box:1", "gpu_memory_bytes": None}), ex=30
     )
+    # ...in the registry of live workers, as each heartbeat puts them (/metrics never scans).
+    for worker_id in ("gpu-box:0", "cpu-box:1"):
+        worker_registry.register(redis_client, keys, worker_id, ["tiny"], ttl_s=30)
 
     with TestClient(make_app(REDIS_URL, keys), raise_server_exceptions=False) as client:
         assert client.get("/v2/requests/abc/status").status_code == 200

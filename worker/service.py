@@ -2,8 +2,9 @@
 
 Pipelines stay resident (warmed up at start); RQ's SimpleWorker pops jobs from the queues of this
 worker's models and runs them in this process (a forking worker would throw the pipelines away and
-cannot re-initialise CUDA). A heartbeat thread announces the worker with a TTL key and reaps the
-requests of workers that died. SIGTERM is a warm stop: the current job finishes, then the process exits.
+cannot re-initialise CUDA). A heartbeat thread announces the worker (a TTL key, and the registry of
+live workers: app/core/worker_registry.py) and reaps the requests of workers that died. SIGTERM
+is a warm stop: the current job finishes, then the process exits.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 from rq.worker import DequeueStrategy
 
+from app.core import worker_registry
 from app.core.lifecycle import Lifecycle
 from app.core.models_config import ModelsConfig
 from app.core.reaper import hand_back, reap_lost_requests
@@ -71,6 +73,9 @@ class Heartbeat(threading.Thread):
         }
         ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
         self.client.set(self.context.keys.worker(self.context.worker_id), json.dumps(value), px=ttl_ms)
+        worker_registry.register(
+            self.client, self.context.keys, self.context.worker_id, self.models, self.settings.heartbeat_ttl_s
+        )
         if self.rq_worker is not None:
             # RQ gives its worker hash the job's timeout plus a minute while a job runs (an hour
             # here), so a worker killed mid-job would linger in RQ's registries: keep it short.
@@ -114,6 +119,7 @@ class Heartbeat(threading.Thread):
         self.stopped.set()
         with contextlib.suppress(redis.RedisError):
             self.client.delete(self.context.keys.worker(self.context.worker_id))
+            worker_registry.unregister(self.client, self.context.keys, self.context.worker_id, self.models)
 
 
 def device_info(engine) -> dict:

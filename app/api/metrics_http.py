@@ -24,6 +24,7 @@ from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 from starlette.routing import Match
 
+from app.core import worker_registry
 from app.core.job_metrics import (
     _SEP,
     INFERENCE_TIME,
@@ -180,13 +181,6 @@ def _histogram_family(
     return family
 
 
-def _worker_label(key: bytes, value: dict[str, Any], pattern_prefix: str) -> str:
-    worker_id = value.get("id")
-    if isinstance(worker_id, str) and worker_id:
-        return worker_id
-    return key.decode(errors="replace")[len(pattern_prefix) :]
-
-
 async def _read_fleet(client: redis.asyncio.Redis, keys: RedisKeys, model_names: list[str]) -> list[Metric]:
     """Everything the scrape reads from Redis; raises RedisError (or TimeoutError) when it cannot."""
     pipe = client.pipeline(transaction=False)
@@ -200,8 +194,9 @@ async def _read_fleet(client: redis.asyncio.Redis, keys: RedisKeys, model_names:
     depths = results[: len(model_names)]
     queue_raw, inference_raw, jobs_raw, webhooks_raw = results[len(model_names) :]
 
-    worker_keys = [k async for k in client.scan_iter(match=keys.worker_pattern, count=1000)]
-    values = await client.mget(worker_keys) if worker_keys else []
+    # The registry of live workers, then their heartbeats' details: O(workers), no keyspace scan.
+    worker_ids = await worker_registry.live_workers(client, keys)
+    values = await client.mget([keys.worker(w) for w in worker_ids]) if worker_ids else []
 
     families: list[Metric] = []
     depth = GaugeMetricFamily(
@@ -211,9 +206,8 @@ async def _read_fleet(client: redis.asyncio.Redis, keys: RedisKeys, model_names:
         depth.add_metric([model], float(n))
     families.append(depth)
 
-    # A heartbeat expires with its worker, so a key that exists is a live worker (its value may have
-    # expired between SCAN and MGET: it is then not counted).
-    alive = [(k, v) for k, v in zip(worker_keys, values, strict=True) if v is not None]
+    # A heartbeat expires with its worker: one that expired between the two reads is not counted.
+    alive = [(w, v) for w, v in zip(worker_ids, values, strict=True) if v is not None]
     families.append(
         GaugeMetricFamily("sdxl_workers_alive", "Workers whose heartbeat is alive.", value=len(alive))
     )
@@ -222,8 +216,7 @@ async def _read_fleet(client: redis.asyncio.Redis, keys: RedisKeys, model_names:
         "GPU memory allocated by each live worker (workers on a CPU report none).",
         labels=["worker"],
     )
-    prefix = keys.worker_pattern.rstrip("*")
-    for key, raw in alive:
+    for worker_id, raw in alive:
         try:
             beat = json.loads(raw)
         except (ValueError, TypeError):
@@ -232,7 +225,7 @@ async def _read_fleet(client: redis.asyncio.Redis, keys: RedisKeys, model_names:
             continue
         memory = beat.get("gpu_memory_bytes")
         if isinstance(memory, int | float) and not isinstance(memory, bool) and math.isfinite(memory):
-            gpu.add_metric([_worker_label(key, beat, prefix)], float(memory))
+            gpu.add_metric([worker_id], float(memory))
     families.append(gpu)
 
     families.append(

@@ -22,9 +22,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from rq.worker_registration import WORKERS_BY_QUEUE_KEY
-
-from app.core import lua_scripts
+from app.core import lua_scripts, worker_registry
 from app.core.job_spec import JobSpec, Status
 from app.core.lifecycle import as_text, decode_hash
 from app.core.redis_keys import RedisKeys, RequestField
@@ -35,7 +33,6 @@ TTL_S = 7 * 24 * 3600  # the averages outlive any restart, and leave with a pref
 # Before any measurement of a model: a GPU-class guess (an SDXL step at 1024² on a mid-range GPU).
 UNMEASURED_STEP_S = 0.15
 AHEAD_SAMPLE = 20  # queued requests ahead whose costs are read; the rest are taken at their mean
-_RQ_WORKER_PREFIX = "rq:worker:"
 
 
 def denoising_steps(spec: JobSpec) -> int:
@@ -96,13 +93,8 @@ async def read_step_times(aio: Any, keys: RedisKeys) -> StepTimes:
 
 
 async def live_workers(aio: Any, keys: RedisKeys, model: str) -> int:
-    """Workers serving `model` whose heartbeat lives: RQ's set of the queue's workers (kept clean
-    by the workers), each checked against its heartbeat key (gone means dead). No keyspace scan."""
-    members = await aio.smembers(WORKERS_BY_QUEUE_KEY % keys.queue_name(model))
-    names = [as_text(member).removeprefix(_RQ_WORKER_PREFIX) for member in members]
-    if not names:
-        return 0
-    return int(await aio.exists(*(keys.worker(name) for name in names)))
+    """Workers serving `model` whose heartbeat lives, from the registry of live workers."""
+    return len(await worker_registry.live_workers_serving(aio, keys, model))
 
 
 def _remaining(spec: JobSpec, fields: dict[str, str], steps: StepTimes, now: float) -> float:

@@ -66,8 +66,14 @@ class RedisKeys:
         return f"{self.prefix}:worker:{worker_id}"
 
     @property
-    def worker_pattern(self) -> str:
-        return f"{self.prefix}:worker:*"
+    def live_workers(self) -> str:
+        """Sorted set of live worker ids (score: when their heartbeat expires, in ms), the registry
+        that /readyz, /metrics and the healthchecks read instead of scanning (worker_registry.py)."""
+        return f"{self.prefix}:workers"
+
+    def workers_serving(self, base_model: str) -> str:
+        """Sorted set of the live workers that serve one base model, scored like `live_workers`."""
+        return f"{self.prefix}:workers:{base_model}"
 
     def queue_name(self, base_model: str) -> str:
         """RQ queue name for one base model (rq stores it under `rq:queue:<name>`)."""

@@ -1,5 +1,5 @@
 """Operator endpoints without a key: /healthz (the process answers) and /readyz (Redis answers and
-at least one worker is alive)."""
+at least one worker is alive, read from the registry of live workers: no keyspace scan)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from app.api.app_state import AppState, get_state
+from app.core import worker_registry
 
 router = APIRouter(tags=["operations"])
 
@@ -17,18 +18,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def live_workers(state: AppState) -> int:
-    count = 0
-    async for _ in state.aio.scan_iter(match=state.keys.worker_pattern, count=500):
-        count += 1
-    return count
-
-
 @router.get("/readyz", summary="Redis answers and at least one worker is alive")
 async def readyz(state: AppState = Depends(get_state)) -> JSONResponse:
     try:
         await state.aio.ping()
-        workers = await live_workers(state)
+        workers = len(await worker_registry.live_workers(state.aio, state.keys))
     except redis.RedisError:
         return JSONResponse({"status": "unavailable", "error": "Redis does not answer"}, status_code=503)
     if workers == 0:
