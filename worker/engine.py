@@ -186,17 +186,21 @@ class Engine:
             output_format="png",
             output_quality=95,
             base64=False,
-            width=64,
-            height=64,
+            width=width,
+            height=height,
             input_key="",
         )
-        self.generate([GenerationRequest(spec, Image.new("RGB", (64, 64), (127, 127, 127)))])
+        self.generate([GenerationRequest(spec, Image.new("RGB", (width, height), (127, 127, 127)))])
 
 
 def per_job_pipeline(
     pipe: StableDiffusionXLImg2ImgPipeline, scheduler: Any
 ) -> StableDiffusionXLImg2ImgPipeline:
-    """A shallow view of `pipe` with its own scheduler: same weights (no copy), new mutable state."""
+    """A shallow view of `pipe` with its own scheduler: same weights (no copy), new mutable state.
+
+    Not diffusers' `from_pipe`, which does the same sharing but also inspects signatures, re-registers
+    the config and calls `.to(device, dtype)` on every component: measured on tiny, 10 to 14 ms per
+    job (and a cast warning per module) against 0.26 ms for this constructor call."""
     view = StableDiffusionXLImg2ImgPipeline(
         **{**pipe.components, "scheduler": scheduler},
         requires_aesthetics_score=pipe.config.requires_aesthetics_score,
