@@ -17,9 +17,11 @@ from typing import Any
 
 import redis
 from PIL import Image
+from rq import get_current_job
 
 from app.core import eta, job_metrics
 from app.core.job_spec import CANCELLED, DEADLINE_EXCEEDED, JobSpec, Status
+from app.core.key_concurrency import without_limited_keys
 from app.core.lifecycle import Lifecycle, as_text, completed_fields, failed_fields
 from app.core.logging_setup import bind_request_id, request_id_var
 from app.core.redis_keys import RedisKeys, RequestField
@@ -39,6 +41,8 @@ class WorkerContext:
     # thread hands them back once Redis answers (app.reaper.hand_back).
     orphans: set[str] = field(default_factory=set)
     max_batch: int = 1  # SDXL_MAX_BATCH: requests run together in one engine call (1: no batching)
+    max_batch_images: int = 8  # SDXL_MAX_BATCH_IMAGES: most images in one engine call
+    batch_window_s: float = 0.0  # SDXL_BATCH_WINDOW_MS: time given to companions to arrive
 
 
 _context: WorkerContext | None = None
@@ -70,6 +74,8 @@ def _run(ctx: WorkerContext, request_id: str) -> str:
     outcome = as_text(outcome)
     if outcome == "DEADLINE":
         return _end_past_deadline(ctx, request_id)
+    if outcome == "PARKED":
+        return _parked(ctx)
     if outcome != "OK":
         log.info("skipping request", extra={"reason": f"status is {outcome}"})
         return "skipped"
@@ -102,6 +108,17 @@ def _run(ctx: WorkerContext, request_id: str) -> str:
         ctx.current.pop("request_id", None)
 
 
+def _parked(ctx: WorkerContext) -> str:
+    """Its key is at its concurrency limit: the request waits, parked in order, and an end of one of
+    the key's requests puts it back at the front of its queue, on this same RQ job. RQ deletes the
+    hash of a job that returns (result_ttl 0): this one's is kept for as long as its request waits."""
+    job = get_current_job()
+    if job is not None:
+        job.result_ttl = int(ctx.lifecycle.max_queue_time_s + ctx.lifecycle.result_ttl_s)
+    log.info("request parked: its key is at its concurrency limit")
+    return "parked"
+
+
 def _end_past_deadline(ctx: WorkerContext, request_id: str) -> str:
     """A request popped past its Cancel-After deadline never runs: it ends FAILED "deadline
     exceeded", refunded (deadline.lua). Should this process die first, the deadline sweep ends it."""
@@ -130,7 +147,11 @@ def _claim(ctx: WorkerContext, spec: JobSpec) -> list[str]:
         return []
     from worker.batching import claim, compatible_queued
 
-    candidates = compatible_queued(ctx.redis, ctx.keys, spec, ctx.max_batch)
+    queued = compatible_queued(
+        ctx.redis, ctx.keys, spec, ctx.max_batch, max_images=ctx.max_batch_images, window_s=ctx.batch_window_s
+    )
+    # Requests of keys with a concurrency limit each take their own slot as they start: not batched.
+    candidates = without_limited_keys(ctx.redis, ctx.keys, queued)
     if not candidates:
         return []
     started_at = ctx.redis.hget(ctx.keys.request(spec.request_id), RequestField.STARTED_AT)

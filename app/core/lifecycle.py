@@ -47,7 +47,8 @@ class Lifecycle:
         return ending_keys, args
 
     def start(self, client: Any, request_id: str, worker_id: str) -> Any:
-        """Returns "OK" when this worker now holds the request, else the status that prevented it."""
+        """Returns "OK" when this worker now holds the request, "PARKED" when its key's concurrency
+        limit makes it wait, else the status that prevented it."""
         return lua_scripts.run(
             client,
             "start",
@@ -56,8 +57,14 @@ class Lifecycle:
                 "processing": self.keys.processing,
                 "queued": self.keys.queued,
                 "events": self.keys.events(request_id),
+                "key_index": self.keys.api_key_index,
             },
-            args={"request_id": request_id, "worker": worker_id, "now": time.time()},
+            args={
+                "request_id": request_id,
+                "worker": worker_id,
+                "now": time.time(),
+                "key_prefix": self.keys.api_key(""),
+            },
         )
 
     def finish(

@@ -32,7 +32,7 @@ from app.core.job_spec import ENDING_ERRORS, Status
 from app.core.redis_keys import KeyField, RequestField
 
 # Libraries in dependency order: a library may call those before it.
-LIBRARIES = ("refund", "events", "end_request")
+LIBRARIES = ("refund", "events", "concurrency", "end_request")
 _DECLARATION = re.compile(r"^--! (keys|args):(.*)$", re.MULTILINE)
 _FUNCTION = re.compile(r"^local function (\w+)\(", re.MULTILINE)
 

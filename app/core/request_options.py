@@ -34,6 +34,8 @@ class RequestOptions:
         """Inside the enqueue's MULTI: what the options add to a new request, with its TTL."""
         # The key's listing index (GET /v2/requests): it lives as long as its newest request may,
         # and loses the entries older than any request can be (no key without a TTL, no growth).
+        # Where the request goes back when its key's concurrency limit parked it (_concurrency.lua).
+        pipe.hset(keys.request(spec.request_id), RequestField.QUEUE, keys.rq_queue_key(spec.base_model))
         index = keys.key_requests(spec.key_id)
         pipe.zadd(index, {spec.request_id: spec.created_at})
         pipe.zremrangebyscore(index, "-inf", f"({spec.created_at - ttl}")

@@ -10,6 +10,7 @@ local function end_request(fields)
   redis.call('HSET', K.request, unpack(fields))
   redis.call('HDEL', K.request, F.CANCEL)
   if redis.call('HGET', K.request, F.STATUS) == ST.FAILED then refund(K.request) end
+  free_slot(K.request, A.request_id)  -- its key's concurrency slot, to the oldest parked request
   redis.call('ZREM', K.processing, A.request_id)
   redis.call('ZREM', K.queued, A.request_id)
   local ttl = tonumber(A.ttl)

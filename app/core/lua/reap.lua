@@ -18,6 +18,7 @@ if attempts < tonumber(A.max_attempts) and redis.call('EXISTS', K.rq_job) == 1
   redis.call('HSET', K.rq_job, 'status', 'queued')
   redis.call('LPUSH', K.queue, A.request_id)
   redis.call('ZADD', K.queued, A.now, A.request_id)
+  requeue_slot(K.request, A.request_id)
   emit_event(K.events, K.request, 'status', 'status', ST.QUEUED)
   return 'REQUEUED'
 end

@@ -21,6 +21,8 @@ if limit > 0 and tonumber(A.now) - created >= limit then
 end
 redis.call('ZADD', K.queued, A.now, A.request_id)
 if redis.call('LPOS', K.queue, A.request_id) then return 'WAITING' end
+-- parked by its key's concurrency limit: out of every queue on purpose, released by an end
+if is_parked(K.request, A.request_id) then return 'WAITING' end
 if redis.call('EXISTS', K.rq_job) == 1 and redis.call('EXISTS', K.input) == 1 then
   redis.call('HSET', K.rq_job, 'status', 'queued')
   redis.call('LPUSH', K.queue, A.request_id)
