@@ -16,7 +16,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from app.core import api_keys, lua_scripts
+from app.core import api_keys, lua_scripts, worker_registry
 from app.core.settings import Settings
 from tests import image_factory
 from tests.stack import Stack
@@ -86,6 +86,14 @@ def running_worker(stack: Stack, request_id: str, timeout: float, other_than: st
         return None
 
     return wait_until(check, timeout, f"request {request_id} to run (worker other than {other_than})")
+
+
+def absent_worker(stack: Stack, model: str = "tiny", ttl_s: float = 600) -> str:
+    """A worker in the registry of live workers that never takes a job (as one busy for a long
+    time would be): v1 then accepts requests for `model` and they wait QUEUED."""
+    worker_id = "absent-worker"
+    worker_registry.register(stack.redis(), stack.keys, worker_id, [model], ttl_s)
+    return worker_id
 
 
 def heartbeat(stack: Stack, worker_id: str) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from tests.faults import absent_worker
 from tests.stack import make_stack
 from tests.test_e2e_api import FAST, IMAGE, SLUG
 
@@ -51,7 +52,7 @@ def test_results_and_outputs_expire(start_stack):
 
 def test_sync_timeout_is_504_and_cancels(start_stack):
     stack = start_stack(SDXL_SYNC_TIMEOUT_S="2")
-    # No worker: the request waits QUEUED until the 2 s deadline.
+    absent_worker(stack)  # a worker that takes nothing: the request waits QUEUED until the 2 s deadline.
     with httpx.Client(base_url=stack.base_url, timeout=60) as http:
         started = time.monotonic()
         response = http.post(f"/v1/{SLUG}", json={"image": IMAGE, "prompt": "p", **FAST})

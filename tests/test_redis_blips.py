@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.faults import report, slow_job, wait_until
+from tests.faults import absent_worker, report, slow_job, wait_until
 from tests.stack import Stack, make_stack
 from tests.test_hardening_redis import FAST, SLUG, PrivateRedis
 
@@ -76,8 +76,9 @@ def test_v1_waits_through_a_short_redis_outage(private_redis):
 
 
 def test_v1_whose_wait_ends_while_redis_is_down_answers_502_with_its_request_id(private_redis):
-    stack = stack_on(private_redis, SDXL_SYNC_TIMEOUT_S="2")  # no worker: the request stays QUEUED
+    stack = stack_on(private_redis, SDXL_SYNC_TIMEOUT_S="2")
     try:
+        absent_worker(stack)  # served by none that takes it: the request stays QUEUED
         thread, answer = v1_in_thread(stack, FAST)
         [request_id] = wait_until(lambda: requests_in(stack), 30, "the request to be submitted")
         private_redis.signal(signal.SIGSTOP)

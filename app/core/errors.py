@@ -72,6 +72,19 @@ class NotReady(ServiceError):
     default_message = "Service not ready"
 
 
+class NoWorker(NotReady):
+    """A v1 request for a base model that no live worker serves: it would only wait for its timeout."""
+
+    # A worker that starts (or loads the model) takes about this long to be seen (its first beat).
+    RETRY_AFTER_S = 30
+
+    def __init__(self, base_model: str) -> None:
+        super().__init__(
+            f"no worker is serving base model '{base_model}'",
+            headers={"Retry-After": str(self.RETRY_AFTER_S)},
+        )
+
+
 class GatewayTimeout(ServiceError):
     status_code = 504
     default_message = "Request timed out"

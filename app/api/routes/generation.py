@@ -18,9 +18,9 @@ from app.api.auth import submission_key
 from app.api.idempotent_submission import submit_once
 from app.api.request_body import parse_body
 from app.api.submission import Submitted
-from app.core import admission, deadlines, idempotency
+from app.core import admission, deadlines, idempotency, worker_registry
 from app.core.api_keys import ApiKey
-from app.core.errors import GatewayTimeout, InvalidInput, NotFound, ServiceError, Unavailable
+from app.core.errors import GatewayTimeout, InvalidInput, NotFound, NoWorker, ServiceError, Unavailable
 from app.core.job_spec import CONTENT_TYPES, SLUG, Status
 from app.core.redis_clients import BLOCKING_SLICE_S
 from app.core.request_model import Img2ImgRequest, validate_body
@@ -81,7 +81,10 @@ def accounting_headers(submitted: Submitted) -> dict[str, str]:
     return headers
 
 
-async def submit(request: Request, state: AppState) -> Submitted:
+async def submit(request: Request, state: AppState, *, needs_worker: bool = False) -> Submitted:
+    """Validates, charges and queues one request. `needs_worker` (v1): a request for a base model
+    that no live worker serves is refused with a 503 before anything is charged, rather than
+    waiting for the sync timeout (v2 queues it: a worker may come, and its status says so)."""
     key: ApiKey = await submission_key(request, state)
     idempotency_key = idempotency.parse_header(request.headers)  # a bad header: 400 before the body
     cancel_after_s = deadlines.parse_cancel_after(request.headers)
@@ -90,6 +93,10 @@ async def submit(request: Request, state: AppState) -> Submitted:
         data, model_names=state.models.names, default_base_model=state.settings.default_base_model
     )
     admission.check_model_allowed(key, params.base_model)
+    if needs_worker:
+        serving = await worker_registry.live_workers_serving(state.aio, state.keys, params.base_model)
+        if not serving:
+            raise NoWorker(params.base_model)
     base_url = public_base_url(request, state)
 
     async def submit_new(options: RequestOptions) -> Submitted:
@@ -149,13 +156,17 @@ async def wait_for_end(state: AppState, request_id: str, timeout_s: float) -> bo
     responses={
         **ERRORS,
         200: {"content": {"image/jpeg": {}, "application/json": {}}},
+        503: {
+            "description": "no live worker serves the base model (nothing charged; Retry-After)",
+            "content": {"application/json": {"example": {"error": "no worker is serving base model 'tiny'"}}},
+        },
         504: {"description": "timeout"},
     },
     summary="Run an img2img request and wait for the image",
 )
 async def run_v1(slug: str, request: Request, state: AppState = Depends(get_state)) -> Response:
     check_slug(slug)
-    submitted = await submit(request, state)
+    submitted = await submit(request, state, needs_worker=True)
     try:
         return await answer_v1(state, submitted)
     except ServiceError as exc:
