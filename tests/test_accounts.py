@@ -31,7 +31,7 @@ def test_create_key_returns_a_fresh_secret_and_stores_the_record(
     )
     other, _ = api_keys.create_key(redis_client, keys, name="bob")
 
-    assert re.fullmatch(r"sk-sdxl-[A-Za-z0-9_\-]{43}", key)
+    assert re.fullmatch(r"SG_[0-9a-f]{32}", key)
     assert key != other
     assert re.fullmatch(r"key_[0-9a-f]{8}", record.id)
     assert (record.name, record.credits, record.rpm, record.models, record.disabled) == (
@@ -177,5 +177,5 @@ def test_clear_key_appears_nowhere_in_redis(
     assert redis_client.exists(keys.rate(limited_rec.id))
     for secret in (limited, unlimited, "static-secret-value"):
         # The whole key, and its random part alone, in any key name, field, member or value.
-        for needle in {secret, secret.removeprefix("sk-sdxl-")}:
+        for needle in {secret, secret.removeprefix(api_keys.KEY_PREFIX)}:
             assert not [item for item in stored if needle.encode() in item], secret

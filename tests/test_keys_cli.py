@@ -44,7 +44,7 @@ def test_create_list_add_credits_revoke(cli, redis_client: redis.Redis, settings
     assert created.returncode == 0, created.stderr
     assert len(created.stdout.splitlines()) == 1
     data = json.loads(created.stdout)
-    assert re.fullmatch(r"sk-sdxl-[A-Za-z0-9_\-]{43}", data["key"])
+    assert re.fullmatch(r"SG_[0-9a-f]{32}", data["key"])
     assert {k: data[k] for k in ("name", "credits", "rpm", "models")} == {
         "name": "alice",
         "credits": 5,
@@ -56,7 +56,7 @@ def test_create_list_add_credits_revoke(cli, redis_client: redis.Redis, settings
     plain = cli("create", "--name", "bob")
     assert plain.returncode == 0, plain.stderr
     bob_key = plain.stdout.strip()  # stdout is just the key, so `KEY=$(... keys create ...)` works
-    assert re.fullmatch(r"sk-sdxl-[A-Za-z0-9_\-]{43}", bob_key)
+    assert re.fullmatch(r"SG_[0-9a-f]{32}", bob_key)
 
     listed = cli("list", "--json")
     assert listed.returncode == 0, listed.stderr

@@ -54,7 +54,7 @@ def test_up_prints_a_key_and_a_curl_line_that_returns_an_image(tmp_path):
         assert curl_line, log.read_text()[-2000:]
         text = log.read_text()
         assert "started a private one" in text
-        assert re.search(r"API key: sk-sdxl-\S+", text)
+        assert re.search(r"API key: SG_[0-9a-f]{32}\s", text)
         result = subprocess.run(["bash", "-c", curl_line], cwd=tmp_path, capture_output=True, timeout=120)
         assert result.returncode == 0, result.stderr.decode()
         assert b"200 OK" in result.stdout

@@ -31,7 +31,10 @@ from app.core import lua_scripts
 from app.core.errors import InvalidInput, NotFound
 from app.core.redis_keys import KeyField, RedisKeys
 
-KEY_PREFIX = "sk-sdxl-"
+# Segmind's shape, `SG_` + 32 lowercase hex digits, so that tools checking a Segmind key's format
+# accept ours. Keys made before (`sk-sdxl-` + 43 url-safe characters) keep working: a key is found
+# by its hash, whatever its shape.
+KEY_PREFIX = "SG_"
 ID_PREFIX = "key_"
 
 
@@ -62,13 +65,13 @@ class ApiKey:
 
 
 def hash_key(clear_key: str) -> str:
-    # A plain sha256 is enough: generated keys carry 256 bits of randomness, so the hash cannot be
+    # A plain sha256 is enough: generated keys carry 128 bits of randomness, so the hash cannot be
     # reversed, and a fast hash keeps authentication a single cheap lookup.
     return hashlib.sha256(clear_key.encode("utf-8")).hexdigest()
 
 
 def generate_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)  # 43 url-safe characters
+    return KEY_PREFIX + secrets.token_hex(16)  # 128 random bits
 
 
 def _str(value: Any) -> str:
