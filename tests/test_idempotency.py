@@ -140,6 +140,7 @@ def test_the_record_expires_with_the_request():
             assert http.delete(f"/v2/requests/{first}").status_code == 202
             wait_request_end(lambda: http.get(f"/v2/requests/{first}/status"))
             ended = time.monotonic()
+            assert 0 < stack.redis().pttl(record) <= 2000, "its end gave the record the result TTL"
             wait_until(lambda: http.get(f"/v2/requests/{first}").status_code == 404, 10, "the result TTL")
         assert time.monotonic() - ended < 5
         # Its request gone, the key is free: the same submission is a new request.

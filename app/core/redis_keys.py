@@ -144,6 +144,7 @@ class RequestField:
     REFUNDED = "refunded"  # set once credits were given back (exactly once)
     WEBHOOK = "webhook_url"
     DEADLINE = "deadline"  # Cancel-After: when (epoch seconds) it ends "deadline exceeded" unless ended
+    IDEMPOTENCY = "idempotency"  # its Idempotency-Key record's key: it expires with the request
     QUEUE = "queue"  # its RQ queue's key: where a request parked by its key's concurrency goes back
     BASE_URL = "base_url"  # the public base URL the request came in on, for the webhook's output URLs
 
@@ -159,4 +160,5 @@ class KeyField:
     MODELS = "models"
     DISABLED = "disabled"
     USED = "used"  # credits spent: reserved at submission, given back by the refund of a FAILED request
+    UNMODERATED = "unmoderated"  # "1": content blocks (CONTRACT 3c) do not apply to its requests
     CONCURRENCY = "concurrency"  # most of the key's requests PROCESSING at once (absent: no limit)

@@ -43,6 +43,8 @@ class RequestOptions:
         if self.idempotency_record:
             pipe.hset(self.idempotency_record, idempotency.STATE, idempotency.CREATED)
             pipe.expire(self.idempotency_record, ttl)
+            # (its end gives the record the result TTL, as it gives the request: _end_request.lua)
+            pipe.hset(keys.request(spec.request_id), RequestField.IDEMPOTENCY, self.idempotency_record)
         if self.cancel_after_s is not None:
             deadline = spec.created_at + self.cancel_after_s
             pipe.hset(keys.request(spec.request_id), RequestField.DEADLINE, repr(deadline))

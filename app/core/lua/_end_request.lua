@@ -16,6 +16,8 @@ local function end_request(fields)
   local ttl = tonumber(A.ttl)
   redis.call('EXPIRE', K.request, ttl)
   redis.call('EXPIRE', K.rq_job, ttl)
+  local idempotency = redis.call('HGET', K.request, F.IDEMPOTENCY)
+  if idempotency then redis.call('EXPIRE', idempotency, ttl) end  -- its Idempotency-Key's record
   emit_event(K.events, K.request, 'status', 'status', redis.call('HGET', K.request, F.STATUS))
   emit_event(K.events, K.request, 'result')
   redis.call('DEL', K.input)
