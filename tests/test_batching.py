@@ -165,10 +165,53 @@ def test_cancel_of_one_request_in_a_running_batch_ends_it_and_the_others_complet
     assert stack.redis().zcard(stack.keys.processing) == 0
 
 
-def test_batching_is_off_by_default():
-    from app.core.settings import Settings
+def test_batching_is_off_by_default_on_the_cpu_and_on_on_cuda():
+    import torch
 
-    assert Settings(_env_file=None).max_batch == 1
+    from app.core.settings import Settings
+    from worker.fast_path import resolve
+
+    settings = Settings(_env_file=None)
+    assert resolve(settings, torch.device("cpu")).max_batch == 1
+    assert resolve(settings, torch.device("cuda")).max_batch == 4
+
+
+def test_a_batch_keeps_to_its_image_budget_and_each_request_its_credits_seeds_and_progress(stack):
+    from app.core import api_keys
+
+    key = stack.create_key(name="budget", credits=100)
+    # SDXL_MAX_BATCH_IMAGES is 8: 3 + 3 + 2 fit in one call, the third request (3 more) does not.
+    samples = [3, 3, 3, 2]
+    bodies = [fast(f"budget {i}", 100 + 10 * i, samples=n) for i, n in enumerate(samples)]
+    ids = queue_behind_blocker(stack, key, bodies)
+    records = ended(stack, ids)
+    assert [r["status"] for r in records] == ["COMPLETED"] * 4
+    starts = [r["started_at"] for r in records]
+    assert starts[0] == starts[1] == starts[3] != starts[2]
+    for body, record in zip(bodies, records, strict=True):
+        result = json.loads(record["result"])
+        assert result["seeds"] == [body["seed"] + i for i in range(body["samples"])]
+        assert int(record["step"]) == int(record["total"]) > 0, "progress is each request's own"
+    used = api_keys.get_key(stack.redis(), stack.keys, key).used
+    assert used == 1 + sum(samples), "the blocker's credit and one per image, nothing more"
+
+
+def test_requests_sent_within_the_batch_window_share_one_call():
+    stack = make_stack(SDXL_MAX_BATCH="4", SDXL_BATCH_WINDOW_MS="2000")
+    try:
+        stack.start_api()
+        stack.start_worker()
+        key = stack.create_key(name="window")
+        first = submit(stack, key, fast("window a", 1))
+        # The idle worker starts `first` at once, then waits up to 2 s for companions.
+        wait_until(lambda: request_fields(stack, first)["status"] == "PROCESSING", 30, "the first to start")
+        second = submit(stack, key, fast("window b", 2))
+        records = ended(stack, [first, second])
+        assert [r["status"] for r in records] == ["COMPLETED"] * 2
+        assert records[0]["started_at"] == records[1]["started_at"]
+        assert inference_time(records[0]) == inference_time(records[1])
+    finally:
+        stack.stop()
 
 
 def test_a_killed_worker_batch_is_reaped_request_by_request_and_runs_again():

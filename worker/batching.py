@@ -10,6 +10,8 @@ Taken requests are PROCESSING in this worker's name and in the processing zset, 
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 from app.core import lua_scripts
@@ -23,10 +25,28 @@ from worker.engine import batch_key
 WINDOW = 32
 
 
-def compatible_queued(client: redis.Redis, keys: RedisKeys, first: JobSpec, max_batch: int) -> list[str]:
-    """Up to `max_batch - 1` QUEUED requests near the head of `first`'s queue that can run with it."""
-    if max_batch <= 1:
+def compatible_queued(
+    client: redis.Redis,
+    keys: RedisKeys,
+    first: JobSpec,
+    max_batch: int,
+    *,
+    max_images: int = 8,
+    window_s: float = 0.0,
+) -> list[str]:
+    """Up to `max_batch - 1` QUEUED requests near the head of `first`'s queue that can run with it,
+    with at most `max_images` images in all (SDXL_MAX_BATCH_IMAGES). When fewer are waiting, looks
+    once more after `window_s` (SDXL_BATCH_WINDOW_MS): requests sent a moment apart share a call."""
+    if max_batch <= 1 or first.samples >= max_images:
         return []
+    wanted = _look(client, keys, first, max_batch, max_images)
+    if window_s > 0 and len(wanted) < max_batch - 1:
+        time.sleep(window_s)
+        wanted = _look(client, keys, first, max_batch, max_images)
+    return wanted
+
+
+def _look(client: redis.Redis, keys: RedisKeys, first: JobSpec, max_batch: int, max_images: int) -> list[str]:
     window = [raw.decode() for raw in client.lrange(keys.rq_queue_key(first.base_model), 0, WINDOW - 1)]
     window = [request_id for request_id in window if request_id != first.request_id]
     if not window:
@@ -37,13 +57,19 @@ def compatible_queued(client: redis.Redis, keys: RedisKeys, first: JobSpec, max_
         records = pipe.execute()
     wanted_key = batch_key(first)
     wanted: list[str] = []
+    images = first.samples
     for request_id, (status, spec_json) in zip(window, records, strict=True):
+        if status != Status.QUEUED.value.encode() or spec_json is None:
+            continue
         # A spec never changes once written, so compatibility read here still holds inside the
         # claim script; only the status can change, and the script checks it again.
-        compatible = spec_json is not None and batch_key(JobSpec.from_json(spec_json)) == wanted_key
-        if status == Status.QUEUED.value.encode() and compatible:
+        spec = JobSpec.from_json(spec_json)
+        # One that would overflow the image budget is passed over (a smaller one further on may fit;
+        # it runs in a later call, still in queue order among those of its size).
+        if batch_key(spec) == wanted_key and images + spec.samples <= max_images:
             wanted.append(request_id)
-            if len(wanted) == max_batch - 1:
+            images += spec.samples
+            if len(wanted) == max_batch - 1 or images == max_images:
                 break
     return wanted
 

@@ -23,6 +23,8 @@ from app.core.settings import Settings
 from worker.device import pick_device
 from worker.encode import content_type, encode_image
 from worker.errors import JobCancelled
+from worker.fast_path import prepare, resolve
+from worker.loading import load_pipeline
 from worker.pipelines import PipelineCache
 from worker.prompts import PromptEmbeddings, PromptEncoder
 from worker.schedulers import build_scheduler, scheduler_class
@@ -66,17 +68,24 @@ class Engine:
         self.settings = settings
         self.models = models
         self.device = pick_device(settings)
-        self.pipelines = PipelineCache(settings, models, device=self.device)
+        self.fast = resolve(settings, self.device)
+        self.pipelines = PipelineCache(settings, models, device=self.device, loader=self._load)
+
+    def _load(self, *args: Any, **kwargs: Any) -> StableDiffusionXLImg2ImgPipeline:
+        return prepare(load_pipeline(*args, **kwargs), self.fast)
 
     def warm_up(self, names: list[str]) -> None:
-        """Load `names` and run one tiny generation on each, so that the first job pays neither the
-        weights' loading nor the device's first-call costs. Every name is tried; then the first
-        failure is raised (the others stay loaded and usable)."""
+        """Load `names` and run one small generation on each, so that the first job pays neither the
+        weights' loading nor the device's first-call costs; with SDXL_COMPILE, one at each of
+        SDXL_WARMUP_SIZES, which compiles (or loads from the cache) the kernels of those sizes.
+        Every name is tried; then the first failure is raised (the others stay loaded and usable)."""
         failures = self.pipelines.warm_up(names)
+        sizes = self.fast.warmup_sizes if self.fast.compiled and self.fast.warmup_sizes else ((64, 64),)
         for name in names:
             if name in failures or name not in self.pipelines.resident():
                 continue
-            self._dry_run(name)
+            for width, height in sizes:
+                self._dry_run(name, width, height)
         if failures:
             raise next(iter(failures.values()))
 
@@ -170,8 +179,8 @@ class Engine:
             position += n
         return out
 
-    def _dry_run(self, name: str) -> None:
-        """One small generation through the real path (prompt encoder, fresh scheduler, VAE)."""
+    def _dry_run(self, name: str, width: int = 64, height: int = 64) -> None:
+        """One short generation through the real path (prompt encoder, fresh scheduler, VAE)."""
         spec = JobSpec(
             request_id="warm-up",
             base_model=name,

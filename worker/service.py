@@ -25,12 +25,14 @@ from rq.serializers import JSONSerializer
 from rq.worker import DequeueStrategy
 
 from app.core import worker_registry
+from app.core.content_blocks import BlockedTermsError
 from app.core.lifecycle import Lifecycle
 from app.core.models_config import ModelsConfig
 from app.core.reaper import hand_back, reap_lost_requests
 from app.core.redis_clients import sync_client
 from app.core.redis_keys import RedisKeys
 from app.core.settings import Settings
+from worker.moderation import load_moderation
 from worker.tasks import WorkerContext, install_context
 
 log = logging.getLogger("sdxl.worker")
@@ -129,7 +131,15 @@ def device_info(engine) -> dict:
     info = dict(engine.info())
     on_cuda = torch.cuda.is_available() and str(info.get("device", "")).startswith("cuda")
     info["gpu_memory_bytes"] = torch.cuda.memory_allocated() if on_cuda else None
+    info["gpu_peak_memory_bytes"] = torch.cuda.max_memory_allocated() if on_cuda else None
     return info
+
+
+def engine_device(settings: Settings) -> str:
+    """Where the safety checker runs: the GPU when the engine has one."""
+    import torch
+
+    return "cuda" if settings.device != "cpu" and torch.cuda.is_available() else "cpu"
 
 
 def stop_requested(worker: SimpleWorker) -> bool:
@@ -152,9 +162,16 @@ def wait_for_redis(worker: SimpleWorker) -> None:
 def run_worker(settings: Settings, models_config: ModelsConfig, model_names: list[str]) -> int:
     from worker.engine import Engine
     from worker.errors import ModelLoadError
+    from worker.safety import SafetyCheckerError
 
     keys = RedisKeys(settings.redis_prefix)
     started = time.monotonic()
+    try:
+        moderation = load_moderation(settings, device=engine_device(settings))
+    except (BlockedTermsError, SafetyCheckerError) as exc:
+        # A content block that cannot apply must not be skipped silently: no worker at all.
+        log.error("content blocks cannot be loaded", extra={"error": str(exc)})
+        return 2
     engine = Engine(settings, models_config)
     # Warm what fits in memory; the other models load on their first job (LRU).
     for name in model_names[: settings.max_resident_models]:
@@ -173,8 +190,11 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
         lifecycle=Lifecycle(keys, settings.result_ttl_s, settings.max_queue_time_s),
         redis=sync_client(settings),
         engine=engine,
-        max_batch=settings.max_batch,
+        max_batch=engine.fast.max_batch,
+        max_batch_images=engine.fast.max_batch_images,
+        batch_window_s=engine.fast.batch_window_s,
     )
+    context.moderation = moderation
     install_context(context)
     heartbeat = Heartbeat(settings, context, model_names, engine_info=lambda: device_info(engine))
     heartbeat.beat()

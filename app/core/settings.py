@@ -48,22 +48,60 @@ class Settings(BaseSettings):
     # First webhook retry delay; each next one doubles (1, 2, 4, 8, 16 s by default).
     webhook_backoff_s: float = Field(1.0, gt=0, validation_alias=_env("SDXL_WEBHOOK_BACKOFF_S"))
     worker_models: str = Field("", validation_alias=_env("SDXL_WORKER_MODELS"))
+    # The fast path (CONTRACT 11). None / "auto": the device decides (worker/fast_path.py): on CUDA
+    # batching, channels_last, fused QKV and torch.compile are on; on the CPU they are off.
     # Most requests one worker runs together in one pipeline call (1: one at a time).
-    max_batch: int = Field(1, ge=1, validation_alias=_env("SDXL_MAX_BATCH"))
+    max_batch: int | None = Field(None, ge=1, validation_alias=_env("SDXL_MAX_BATCH"))
+    # How long a worker that starts a request waits to gather compatible queued ones to run with it.
+    batch_window_ms: float | None = Field(
+        None, ge=0, le=10_000, validation_alias=_env("SDXL_BATCH_WINDOW_MS")
+    )
+    # Most images one pipeline call makes (a request brings up to 4).
+    max_batch_images: int = Field(8, ge=1, validation_alias=_env("SDXL_MAX_BATCH_IMAGES"))
+    compile: Literal["auto", "off", "default", "max-autotune"] = Field(
+        "auto", validation_alias=_env("SDXL_COMPILE")
+    )
+    # Working sizes (WIDTHxHEIGHT, comma-separated) compiled and warmed up before a worker takes jobs.
+    warmup_sizes: str = Field(
+        "1024x1024",
+        pattern=r"^\s*(\d+x\d+\s*(,\s*\d+x\d+\s*)*)?$",
+        validation_alias=_env("SDXL_WARMUP_SIZES"),
+    )
+    # Compiled kernels kept between restarts; default <SDXL_CACHE_DIR>/compile.
+    compile_cache_dir: str | None = Field(None, validation_alias=_env("SDXL_COMPILE_CACHE_DIR"))
+    channels_last: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("SDXL_CHANNELS_LAST"))
+    fuse_qkv: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("SDXL_FUSE_QKV"))
     device: Literal["auto", "cuda", "cpu"] = Field("auto", validation_alias=_env("SDXL_DEVICE"))
     max_resident_models: int = Field(2, ge=1, validation_alias=_env("SDXL_MAX_RESIDENT_MODELS"))
     cache_dir: str = Field("~/.cache/sdxl-img2img", validation_alias=_env("SDXL_CACHE_DIR"))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=_env("SDXL_LOG_LEVEL")
     )
+    # Content blocks (CONTRACT 3c), checked by the workers; a key made `--unmoderated` skips them.
+    # A text file of terms (one a line, whole words, any case; `re:<pattern>`; `#` comments).
+    blocked_terms_file: str | None = Field(None, validation_alias=_env("SDXL_BLOCKED_TERMS_FILE"))
+    # "off", or an image-classification model (Hugging Face id or local directory) run on every output.
+    safety_checker: str = Field("off", min_length=1, validation_alias=_env("SDXL_SAFETY_CHECKER"))
+    safety_labels: str = Field("nsfw", min_length=1, validation_alias=_env("SDXL_SAFETY_LABELS"))
+    safety_threshold: float = Field(0.5, ge=0, le=1, validation_alias=_env("SDXL_SAFETY_THRESHOLD"))
 
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
 
     @property
+    def safety_label_list(self) -> list[str]:
+        return [label.strip() for label in self.safety_labels.split(",") if label.strip()]
+
+    @property
     def worker_model_list(self) -> list[str]:
         return [m.strip() for m in self.worker_models.split(",") if m.strip()]
+
+    @property
+    def warmup_size_list(self) -> list[tuple[int, int]]:
+        """SDXL_WARMUP_SIZES as (width, height) pairs."""
+        pairs = [item.strip().split("x") for item in self.warmup_sizes.split(",") if item.strip()]
+        return [(int(width), int(height)) for width, height in pairs]
 
     @property
     def heartbeat_ttl_s(self) -> float:
