@@ -20,6 +20,7 @@ from PIL import Image
 from rq import get_current_job
 
 from app.core import eta, job_metrics
+from app.core.content_blocks import BLOCKED_STATUS, OUTPUT_FLAGGED, PROMPT_BLOCKED
 from app.core.job_spec import CANCELLED, DEADLINE_EXCEEDED, JobSpec, Status
 from app.core.key_concurrency import without_limited_keys
 from app.core.lifecycle import Lifecycle, as_text, completed_fields, failed_fields
@@ -43,6 +44,7 @@ class WorkerContext:
     max_batch: int = 1  # SDXL_MAX_BATCH: requests run together in one engine call (1: no batching)
     max_batch_images: int = 8  # SDXL_MAX_BATCH_IMAGES: most images in one engine call
     batch_window_s: float = 0.0  # SDXL_BATCH_WINDOW_MS: time given to companions to arrive
+    moderation: Any = None  # worker.moderation.Moderation (content blocks); None: none apply
 
 
 _context: WorkerContext | None = None
@@ -93,6 +95,9 @@ def _run(ctx: WorkerContext, request_id: str) -> str:
                 outcomes[job_spec.request_id] = _fail(
                     ctx, job_spec, "input image expired before the request started", 500
                 )
+            elif ctx.moderation is not None and ctx.moderation.prompt_blocked(job_spec):
+                # Never run: FAILED with the reason, refunded (CONTRACT 3c).
+                outcomes[job_spec.request_id] = _fail(ctx, job_spec, PROMPT_BLOCKED, BLOCKED_STATUS)
             else:
                 ready.append((job_spec, data))
         if ready:
@@ -251,7 +256,11 @@ def _generate(ctx: WorkerContext, jobs: list[tuple[JobSpec, bytes]]) -> dict[str
             log.exception("generation failed")
             return fail_all(f"generation failed: {type(exc).__name__}: {exc}", 500)
         for job, result in zip(batch, results, strict=True):
-            outcomes[job.spec.request_id] = _complete(ctx, job.spec, result)
+            if ctx.moderation is not None and ctx.moderation.outputs_flagged(job.spec, result.images):
+                # Checked before anything is stored: a flagged output is never kept (CONTRACT 3c).
+                outcomes[job.spec.request_id] = _fail(ctx, job.spec, OUTPUT_FLAGGED, BLOCKED_STATUS)
+            else:
+                outcomes[job.spec.request_id] = _complete(ctx, job.spec, result)
         _record_step_time(ctx, [job.spec for job in batch if outcomes[job.spec.request_id] == "completed"])
         return outcomes
     return outcomes

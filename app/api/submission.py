@@ -11,6 +11,7 @@ fails (WATCH) instead of running a request nobody paid for.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,8 @@ class Submitter:
             key_id=key.id,
             cost=cost,
         )
+        if key.unmoderated:
+            spec = dataclasses.replace(spec, moderated=False)
         remaining = await admission.reserve(
             self.aio,
             self.keys,

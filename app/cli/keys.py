@@ -29,6 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument(
         "--concurrency", type=int, help="most requests PROCESSING at once, the others wait (default: any)"
     )
+    create.add_argument(
+        "--unmoderated",
+        action="store_true",
+        help="skip the content blocks (SDXL_BLOCKED_TERMS_FILE, SDXL_SAFETY_CHECKER) for this key",
+    )
     create.set_defaults(handler=_create)
 
     listing = actions.add_parser("list", help="list keys (never shows the keys themselves)")
@@ -76,10 +81,11 @@ def _create(args: argparse.Namespace) -> int:
             rpm=args.rpm,
             models=models,
             concurrency=args.concurrency,
+            unmoderated=args.unmoderated,
         )
         if args.json:
             data = record.to_dict()
-            shown = ("id", "name", "credits", "rpm", "models", "concurrency")
+            shown = ("id", "name", "credits", "rpm", "models", "concurrency", "unmoderated")
             out = {"key": key, **{k: data[k] for k in shown}}
             print(json.dumps(out))
         else:

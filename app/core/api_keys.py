@@ -49,6 +49,7 @@ class ApiKey:
     created_at: float | None = None
     used: int = 0  # credits spent (refunded requests excluded)
     concurrency: int | None = None  # most requests PROCESSING at once; None: no limit
+    unmoderated: bool = False  # content blocks (blocked terms, safety checker) skipped
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +62,7 @@ class ApiKey:
             "created_at": self.created_at,
             "used": self.used,
             "concurrency": self.concurrency,
+            "unmoderated": self.unmoderated,
         }
 
 
@@ -92,6 +94,7 @@ def record_from_fields(fields: Mapping[Any, Any]) -> ApiKey:
         created_at=float(data[KeyField.CREATED_AT]) if KeyField.CREATED_AT in data else None,
         used=int(data.get(KeyField.USED, 0)),
         concurrency=int(data[KeyField.CONCURRENCY]) if KeyField.CONCURRENCY in data else None,
+        unmoderated=data.get(KeyField.UNMODERATED, "0") == "1",
     )
 
 
@@ -120,6 +123,7 @@ def _insert(
     rpm: int | None,
     models: Sequence[str] | None,
     concurrency: int | None = None,
+    unmoderated: bool = False,
 ) -> ApiKey | None:
     """Store a new key; None when that key already exists."""
     key_hash = hash_key(clear_key)
@@ -133,6 +137,7 @@ def _insert(
             disabled=False,
             created_at=time.time(),  # full precision: keys made in one burst still list in order
             concurrency=concurrency,
+            unmoderated=unmoderated,
         )
         fields: list[str] = [
             KeyField.ID,
@@ -150,6 +155,8 @@ def _insert(
             fields += [KeyField.RPM, str(rpm)]
         if record.models is not None:
             fields += [KeyField.MODELS, json.dumps(list(record.models))]
+        if unmoderated:
+            fields += [KeyField.UNMODERATED, "1"]
         if concurrency is not None:
             fields += [KeyField.CONCURRENCY, str(concurrency)]
         outcome = int(
@@ -179,6 +186,7 @@ def create_key(
     models: Sequence[str] | None = None,
     key: str | None = None,
     concurrency: int | None = None,
+    unmoderated: bool = False,
 ) -> tuple[str, ApiKey]:
     """Create a key and return (clear key, record). The clear key is not stored: show it now."""
     _validate(name, credits, rpm, models, concurrency)
@@ -186,7 +194,15 @@ def create_key(
     if not clear_key.strip():
         raise InvalidInput("key must not be empty")
     record = _insert(
-        r, keys, clear_key, name=name, credits=credits, rpm=rpm, models=models, concurrency=concurrency
+        r,
+        keys,
+        clear_key,
+        name=name,
+        credits=credits,
+        rpm=rpm,
+        models=models,
+        concurrency=concurrency,
+        unmoderated=unmoderated,
     )
     if record is None:
         raise InvalidInput("this key already exists")

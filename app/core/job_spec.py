@@ -65,6 +65,9 @@ class JobSpec:
     key_id: str = ""
     cost: int = 0
     created_at: float = 0.0
+    # Content blocks apply (CONTRACT 3c); False for a key made `--unmoderated`. A spec without the
+    # field (written by an older version) is moderated.
+    moderated: bool = True
 
     def seeds(self) -> list[int]:
         return [(self.seed + i) % SEED_MODULUS for i in range(self.samples)]

@@ -20,7 +20,15 @@ from app.api.request_body import parse_body
 from app.api.submission import Submitted
 from app.core import admission, deadlines, idempotency, worker_registry
 from app.core.api_keys import ApiKey
-from app.core.errors import GatewayTimeout, InvalidInput, NotFound, NoWorker, ServiceError, Unavailable
+from app.core.errors import (
+    GatewayTimeout,
+    InvalidInput,
+    NotFound,
+    NoWorker,
+    RequestFailed,
+    ServiceError,
+    Unavailable,
+)
 from app.core.job_spec import CONTENT_TYPES, SLUG, Status
 from app.core.redis_clients import BLOCKING_SLICE_S
 from app.core.request_model import Img2ImgRequest, validate_body
@@ -198,6 +206,8 @@ async def answer_v1(state: AppState, submitted: Submitted) -> Response:
             raise InvalidInput(record.error)
         if record.error_status == 504:  # its Cancel-After passed: the client's own time limit
             raise GatewayTimeout(record.error)
+        if record.error_status == 422:  # content blocked (CONTRACT 3c)
+            raise RequestFailed(record.error)
         raise ServiceError(record.error or "request failed")
     result = record.result or {}
     files = [image["file_name"] for image in result["images"]]
