@@ -17,7 +17,7 @@ from app.api import metrics_http
 from app.api.app_state import AppState
 from app.api.http_errors import install_error_handlers
 from app.api.request_body import BodySizeLimit
-from app.api.routes import account, events, generation, health, listing, playground, requests
+from app.api.routes import account, docs, events, generation, health, listing, playground, requests
 from app.api.submission import Submitter
 from app.core import api_keys
 from app.core.lifecycle import Lifecycle
@@ -109,6 +109,9 @@ def create_app(settings: Settings | None = None, models: ModelsConfig | None = N
         version="0.1.0",
         description="Self-hosted, Segmind-compatible SDXL img2img API (v1 sync, v2 queue).",
         lifespan=lifespan,
+        # /docs is served with its Swagger UI assets from this API (offline); ReDoc would need a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.sdxl = state
     install_error_handlers(app)
@@ -120,6 +123,7 @@ def create_app(settings: Settings | None = None, models: ModelsConfig | None = N
     app.include_router(account.router)
     app.include_router(listing.router)
     app.include_router(playground.router)
+    app.include_router(docs.create_docs_router(app.title))
     app.include_router(
         metrics_http.create_metrics_router(registry, lambda: state.aio, state.keys, models.names)
     )

@@ -77,15 +77,30 @@ def run(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"image": args.image, "prompt": args.prompt}
     flags = {rule.name: getattr(args, rule.name) for rule in _flag_rules()}
     body.update({name: value for name, value in flags.items() if value is not None})
+    default_base_model = _default_base_model(settings)
     if "output_format" not in body and args.out.suffix.lower() in _SUFFIX_FORMATS:
         body["output_format"] = _SUFFIX_FORMATS[args.out.suffix.lower()]
     try:
-        params = validate_body(body, model_names=models.names, default_base_model=settings.default_base_model)
+        params = validate_body(body, model_names=models.names, default_base_model=default_base_model)
         prepared = _read_image(args.image, settings)
         return _generate(settings, models, params, prepared, args.out)
     except ServiceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
+
+
+def _default_base_model(settings: Any) -> str:
+    """The base model when --base-model is not given: SDXL_DEFAULT_BASE_MODEL when set; otherwise,
+    on a machine without a GPU, `tiny` (built locally in seconds) rather than a real checkpoint that
+    would be downloaded and run for minutes on the CPU."""
+    if "default_base_model" in settings.model_fields_set:  # set by the environment or .env
+        return settings.default_base_model
+    import torch
+
+    if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
+        return settings.default_base_model
+    print("no GPU: using base model 'tiny' (name one with --base-model)", file=sys.stderr)
+    return "tiny"
 
 
 def _read_image(source: str, settings: Any) -> Any:

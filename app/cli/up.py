@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 
@@ -97,8 +98,43 @@ def sample_image_path() -> Path:
     return Path(__file__).parent / "assets" / "sample.jpg"
 
 
-def run(args: argparse.Namespace) -> int:
+def write_sample_image(directory: Path) -> Path:
+    """The sample image, written into `directory` (the current one) as `sample.jpg` so that the
+    printed curl line and the README's examples (`-F image=@sample.jpg`) find it; the shipped copy
+    when the directory cannot be written."""
+    target = directory / "sample.jpg"
+    try:
+        if not target.exists():
+            shutil.copyfile(sample_image_path(), target)
+        return target
+    except OSError:
+        return sample_image_path()
+
+
+def the_key(client: Any, keys: Any, key_file: Path) -> str:
+    """The key `up` made before when it still works (a Redis that kept its data), else a new one,
+    kept in `key_file` (mode 600) for the next start: restarts do not pile up unlimited keys."""
     from app.core import api_keys
+    from app.core.errors import NotFound
+
+    try:
+        saved = key_file.read_text().strip()
+    except OSError:
+        saved = ""
+    if saved:
+        try:
+            if not api_keys.get_key(client, keys, saved).disabled:
+                return saved
+        except NotFound:
+            pass
+    key, _ = api_keys.create_key(client, keys, name="up")
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.touch(mode=0o600)
+    key_file.write_text(key + "\n")
+    return key
+
+
+def run(args: argparse.Namespace) -> int:
     from app.core.redis_clients import sync_client
     from app.core.redis_keys import RedisKeys
     from app.core.settings import load_settings
@@ -118,38 +154,47 @@ def run(args: argparse.Namespace) -> int:
 
     cli = [sys.executable, "-m", "app.cli"]
     worker_models = env.get("SDXL_WORKER_MODELS") or settings.default_base_model
-    children.append(subprocess.Popen([*cli, "worker", "--models", worker_models], env=env))
-    children.append(subprocess.Popen([*cli, "api", "--host", args.host, "--port", str(args.port)], env=env))
+    # Each child in its own process group: a Ctrl-C in the terminal reaches `up` alone, which then
+    # stops them as SIGTERM does (the job in flight finishes), not the children half-way each.
+    children.append(subprocess.Popen([*cli, "worker", "--models", worker_models], env=env, process_group=0))
+    children.append(
+        subprocess.Popen(
+            [*cli, "api", "--host", args.host, "--port", str(args.port)], env=env, process_group=0
+        )
+    )
 
     def stop(*_: object) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C does not cut the stop short
+            signal.signal(signum, signal.SIG_IGN)
         for child in reversed(children):
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
         for child in children:
             try:
-                child.wait(timeout=30)
+                child.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 child.kill()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C stops as SIGTERM does: exit 0
+        signal.signal(signum, lambda *_: sys.exit(0))
     try:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         base_url = f"http://{host}:{args.port}"
         wait_ready(base_url, args.ready_timeout, children)
         header = ""
         if settings.auth == "enabled":
-            client = sync_client(settings)
-            key, _ = api_keys.create_key(
-                client, RedisKeys(settings.redis_prefix), name=f"up-{int(time.time())}"
-            )
+            key_file = Path(settings.cache_dir).expanduser() / f"up-key.{settings.redis_prefix}"
+            key = the_key(sync_client(settings), RedisKeys(settings.redis_prefix), key_file)
             header = f" -H 'x-api-key: {key}'"
             print(f"\nAPI key: {key}")
         print(f"API: {base_url}  (docs: {base_url}/docs, Redis: {urlparse(redis_url).netloc})")
         print(f"Playground: {base_url}/  (open it in a browser; it asks for the key)")
+        sample = write_sample_image(Path.cwd())
+        print(f"Sample image: {sample}")
         print("Try it:\n")
         print(
-            f"curl -sS -X POST {base_url}/v1/sdxl-img2img{header} -F image=@{sample_image_path()} "
+            f"curl -sS --fail-with-body -X POST {base_url}/v1/sdxl-img2img{header} -F image=@{sample} "
             f"-F 'prompt=a watercolor painting of a lighthouse' -F base_model={settings.default_base_model} "
             "-o out.jpg -D - && echo 'saved out.jpg'\n",
             flush=True,

@@ -85,8 +85,16 @@ class ModelsConfigError(SystemExit):
     """models.yaml is missing or malformed; the message names the file and the entry."""
 
 
+# The models.yaml that ships at the project's root, read when SDXL_MODELS_FILE is left at its
+# default and the current directory has none (a command run from any directory finds it).
+DEFAULT_MODELS_FILE = "models.yaml"
+SHIPPED_MODELS_FILE = Path(__file__).resolve().parents[2] / DEFAULT_MODELS_FILE
+
+
 def load_models_config(path: str | Path) -> ModelsConfig:
     path = Path(path)
+    if str(path) == DEFAULT_MODELS_FILE and not path.exists() and SHIPPED_MODELS_FILE.exists():
+        path = SHIPPED_MODELS_FILE
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
