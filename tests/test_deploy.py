@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from app.cli.models import _pipeline_patterns
+from app.core import worker_registry
 from app.core.redis_keys import RedisKeys
 from app.core.settings import Settings
 from tests.conftest import REDIS_URL, REPO_ROOT
@@ -95,7 +96,7 @@ def test_compose_file_resolves_with_gpu_worker_healthchecks_and_volumes(tmp_path
     assert gpu_devices(worker) == [{"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
     assert ("models", "/models") in {(v["source"], v["target"]) for v in worker["volumes"]}
     assert worker["environment"]["SDXL_DEVICE"] == "cuda"
-    assert ":worker:" in healthcheck_script(worker)
+    assert "worker_registry" in healthcheck_script(worker)  # the registry of live workers, no SCAN
 
     for name, service in services.items():
         assert service["restart"] == "unless-stopped", name
@@ -183,12 +184,16 @@ def test_worker_healthcheck_follows_this_hosts_heartbeat(
     assert json.dumps(script) in (REPO_ROOT / "Dockerfile").read_text()
     keys = RedisKeys(redis_prefix)
     assert run_healthcheck(script, redis_prefix) == 1  # no heartbeat at all
-    # Another host's worker is alive: still unhealthy, the check is pinned to this container.
-    redis_client.set(keys.worker("some-other-host-1-abcdef"), "{}", ex=30)
+    # Another host's worker is alive (in the registry, as its heartbeat puts it): still unhealthy,
+    # the check is pinned to this container.
+    worker_registry.register(redis_client, keys, "some-other-host-1-abcdef", ["tiny"], ttl_s=30)
     assert run_healthcheck(script, redis_prefix) == 1
     # This host's worker (ids start with the hostname, worker/service.py) is alive.
-    redis_client.set(keys.worker(f"{socket.gethostname()}-4242-abcdef"), "{}", ex=30)
+    worker_registry.register(redis_client, keys, f"{socket.gethostname()}-4242-abcdef", ["tiny"], ttl_s=30)
     assert run_healthcheck(script, redis_prefix) == 0
+    # Its heartbeat expired: unhealthy again (expired members are pruned on read).
+    worker_registry.register(redis_client, keys, f"{socket.gethostname()}-4242-abcdef", ["tiny"], ttl_s=0.001)
+    assert run_healthcheck(script, redis_prefix) == 1
 
 
 def test_env_example_lists_every_setting_with_its_default() -> None:
