@@ -1,39 +1,25 @@
-"""Prometheus at `/metrics`: the HTTP metrics of this process, and the fleet's job, queue and worker
-figures read back from Redis at scrape time (written there by `app.core.job_metrics`)."""
+"""Prometheus at `/metrics`: the HTTP metrics of this process (middleware, one registry per app), and
+the fleet's figures read from Redis at scrape time (`app.api.fleet_metrics`)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis.asyncio
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import (
-    CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 from starlette.routing import Match
 
-from app.core import worker_registry
-from app.core.job_metrics import (
-    _SEP,
-    INFERENCE_TIME,
-    INFERENCE_TIME_BUCKETS,
-    JOBS,
-    QUEUE_TIME,
-    QUEUE_TIME_BUCKETS,
-    WEBHOOKS,
-)
+from app.api.fleet_metrics import read_fleet
 from app.core.redis_keys import RedisKeys
 
 # HTTP latency: v2 calls answer in milliseconds, v1 waits for the image (up to SDXL_SYNC_TIMEOUT_S).
@@ -147,121 +133,6 @@ class RequestMetricsMiddleware:
             self.metrics.duration.labels(method, route).observe(time.perf_counter() - start)
 
 
-# ---------------------------------------------------------------------------------------------
-# Fleet metrics, read from Redis at scrape time
-
-
-def _split(field: bytes | str) -> tuple[str, str]:
-    text = field.decode() if isinstance(field, bytes) else field
-    model, _, tail = text.rpartition(_SEP)
-    return model, tail
-
-
-def _histogram_family(
-    name: str,
-    documentation: str,
-    raw: dict[Any, Any],
-    buckets: tuple[float, ...],
-    model_names: Iterable[str],
-) -> HistogramMetricFamily:
-    per_model: dict[str, dict[str, float]] = {m: {} for m in model_names}
-    for field, value in raw.items():
-        model, tail = _split(field)
-        per_model.setdefault(model, {})[tail] = float(value)
-    family = HistogramMetricFamily(name, documentation, labels=["model"])
-    for model, fields in per_model.items():
-        cumulative = 0.0
-        series: list[tuple[str, float]] = []
-        for bound in buckets:
-            label = floatToGoString(bound)
-            cumulative += fields.get(label, 0.0)
-            series.append((label, cumulative))
-        series.append(("+Inf", fields.get("count", cumulative + fields.get("+Inf", 0.0))))
-        family.add_metric([model], series, sum_value=fields.get("sum", 0.0))
-    return family
-
-
-async def _read_fleet(client: redis.asyncio.Redis, keys: RedisKeys, model_names: list[str]) -> list[Metric]:
-    """Everything the scrape reads from Redis; raises RedisError (or TimeoutError) when it cannot."""
-    pipe = client.pipeline(transaction=False)
-    for model in model_names:
-        pipe.llen(keys.rq_queue_key(model))
-    pipe.hgetall(keys.metrics(QUEUE_TIME))
-    pipe.hgetall(keys.metrics(INFERENCE_TIME))
-    pipe.hgetall(keys.metrics(JOBS))
-    pipe.hgetall(keys.metrics(WEBHOOKS))
-    results = await pipe.execute()
-    depths = results[: len(model_names)]
-    queue_raw, inference_raw, jobs_raw, webhooks_raw = results[len(model_names) :]
-
-    # The registry of live workers, then their heartbeats' details: O(workers), no keyspace scan.
-    worker_ids = await worker_registry.live_workers(client, keys)
-    values = await client.mget([keys.worker(w) for w in worker_ids]) if worker_ids else []
-
-    families: list[Metric] = []
-    depth = GaugeMetricFamily(
-        "sdxl_queue_depth", "Requests waiting in the queue, by base model.", labels=["model"]
-    )
-    for model, n in zip(model_names, depths, strict=True):
-        depth.add_metric([model], float(n))
-    families.append(depth)
-
-    # A heartbeat expires with its worker: one that expired between the two reads is not counted.
-    alive = [(w, v) for w, v in zip(worker_ids, values, strict=True) if v is not None]
-    families.append(
-        GaugeMetricFamily("sdxl_workers_alive", "Workers whose heartbeat is alive.", value=len(alive))
-    )
-    gpu = GaugeMetricFamily(
-        "sdxl_worker_gpu_memory_bytes",
-        "GPU memory allocated by each live worker (workers on a CPU report none).",
-        labels=["worker"],
-    )
-    for worker_id, raw in alive:
-        try:
-            beat = json.loads(raw)
-        except (ValueError, TypeError):
-            continue
-        if not isinstance(beat, dict):
-            continue
-        memory = beat.get("gpu_memory_bytes")
-        if isinstance(memory, int | float) and not isinstance(memory, bool) and math.isfinite(memory):
-            gpu.add_metric([worker_id], float(memory))
-    families.append(gpu)
-
-    families.append(
-        _histogram_family(
-            "sdxl_job_queue_time_seconds",
-            "Time a request waited in the queue before a worker started it, by base model.",
-            queue_raw,
-            QUEUE_TIME_BUCKETS,
-            model_names,
-        )
-    )
-    families.append(
-        _histogram_family(
-            "sdxl_job_inference_time_seconds",
-            "Time a worker spent generating a request (all its samples), by base model.",
-            inference_raw,
-            INFERENCE_TIME_BUCKETS,
-            model_names,
-        )
-    )
-    jobs = CounterMetricFamily(
-        "sdxl_jobs", "Requests ended, by base model and final status.", labels=["model", "status"]
-    )
-    for field, value in sorted(jobs_raw.items()):
-        model, status = _split(field)
-        jobs.add_metric([model, status], float(value))
-    families.append(jobs)
-    webhooks = CounterMetricFamily(
-        "sdxl_webhooks", "Webhook delivery attempts, by outcome.", labels=["outcome"]
-    )
-    for field, value in sorted(webhooks_raw.items()):
-        webhooks.add_metric([field.decode() if isinstance(field, bytes) else field], float(value))
-    families.append(webhooks)
-    return families
-
-
 class _Snapshot:
     """A collector over families gathered before rendering (custom collectors cannot await Redis)."""
 
@@ -281,7 +152,7 @@ async def render_metrics(
     """The Prometheus text of one scrape: the registry's metrics plus the fleet's, read from Redis."""
     try:
         async with asyncio.timeout(REDIS_SCRAPE_TIMEOUT_S):
-            fleet = await _read_fleet(client, keys, model_names)
+            fleet = await read_fleet(client, keys, model_names)
         redis_up = 1.0
     except (RedisError, OSError, TimeoutError):
         # Redis down: still answer with what this process knows, and say that Redis is down.
