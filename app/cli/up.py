@@ -135,8 +135,6 @@ def the_key(client: Any, keys: Any, key_file: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.core.redis_clients import sync_client
-    from app.core.redis_keys import RedisKeys
     from app.core.settings import load_settings
 
     env = dict(os.environ)
@@ -182,23 +180,7 @@ def run(args: argparse.Namespace) -> int:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         base_url = f"http://{host}:{args.port}"
         wait_ready(base_url, args.ready_timeout, children)
-        header = ""
-        if settings.auth == "enabled":
-            key_file = Path(settings.cache_dir).expanduser() / f"up-key.{settings.redis_prefix}"
-            key = the_key(sync_client(settings), RedisKeys(settings.redis_prefix), key_file)
-            header = f" -H 'x-api-key: {key}'"
-            print(f"\nAPI key: {key}")
-        print(f"API: {base_url}  (docs: {base_url}/docs, Redis: {urlparse(redis_url).netloc})")
-        print(f"Playground: {base_url}/  (open it in a browser; it asks for the key)")
-        sample = write_sample_image(Path.cwd())
-        print(f"Sample image: {sample}")
-        print("Try it:\n")
-        print(
-            f"curl -sS --fail-with-body -X POST {base_url}/v1/sdxl-img2img{header} -F image=@{sample} "
-            f"-F 'prompt=a watercolor painting of a lighthouse' -F base_model={settings.default_base_model} "
-            "-o out.jpg -D - && echo 'saved out.jpg'\n",
-            flush=True,
-        )
+        print_welcome(base_url, settings, redis_url)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         return 1
@@ -206,3 +188,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         stop()
+
+
+def print_welcome(base_url: str, settings: Any, redis_url: str) -> None:
+    """Where everything is, the key, and a curl line that works as printed (on the sample image)."""
+    from app.core.redis_clients import sync_client
+    from app.core.redis_keys import RedisKeys
+
+    header = ""
+    if settings.auth == "enabled":
+        key_file = Path(settings.cache_dir).expanduser() / f"up-key.{settings.redis_prefix}"
+        key = the_key(sync_client(settings), RedisKeys(settings.redis_prefix), key_file)
+        header = f" -H 'x-api-key: {key}'"
+        print(f"\nAPI key: {key}")
+    print(f"API: {base_url}  (docs: {base_url}/docs, Redis: {urlparse(redis_url).netloc})")
+    print(f"Playground: {base_url}/  (open it in a browser; it asks for the key)")
+    sample = write_sample_image(Path.cwd())
+    print(f"Sample image: {sample}")
+    print("Try it:\n")
+    print(
+        f"curl -sS --fail-with-body -X POST {base_url}/v1/sdxl-img2img{header} -F image=@{sample} "
+        f"-F 'prompt=a watercolor painting of a lighthouse' -F base_model={settings.default_base_model} "
+        "-o out.jpg -D - && echo 'saved out.jpg'\n",
+        flush=True,
+    )
