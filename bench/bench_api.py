@@ -106,6 +106,41 @@ def bare_rq(stack) -> list[float]:
     return latencies
 
 
+def photo_jpeg_1024() -> bytes:
+    from tests.stack import sample_image_path
+
+    buffer = io.BytesIO()
+    Image.open(sample_image_path()).convert("RGB").resize((1024, 1024)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (Linux /proc)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def api_cpu_per_photo_submit(stack, headers: dict[str, str], body: dict, n: int = 40) -> tuple[float, float]:
+    """The API process's CPU time per v2 submission of a 1024x1024 photo JPEG (sent as base64), and
+    beside it Pillow's bare decode of that JPEG in this process (the floor: the API must decode it)."""
+    data = photo_jpeg_1024()
+    payload = {**body, "image": base64.b64encode(data).decode()}
+    with httpx.Client(base_url=stack.base_url, headers=headers, timeout=60) as http:
+        http.post(f"/v2/{SLUG}", json=payload)  # warm
+        before = cpu_seconds(stack.api.pid)
+        for _ in range(n):
+            assert http.post(f"/v2/{SLUG}", json=payload).status_code == 200
+        api = (cpu_seconds(stack.api.pid) - before) / n
+    decodes = []
+    for _ in range(n):
+        started = time.process_time()
+        Image.open(io.BytesIO(data)).load()
+        decodes.append(time.process_time() - started)
+    return api, statistics.median(decodes)
+
+
 def main() -> None:
     models = yaml.safe_load((REPO_ROOT / "models.yaml").read_text())
     models["models"]["idle"] = {"source": "builtin:tiny"}  # never served: submissions only queue
@@ -141,6 +176,12 @@ def main() -> None:
                 )
                 if only_v1:
                     return
+            if auth == "enabled":
+                api_cpu, decode = api_cpu_per_photo_submit(stack, headers, queued_body)
+                print(
+                    f"v2 submit of a 1024x1024 photo JPEG: API CPU time {ms(api_cpu)} per submission; "
+                    f"Pillow's bare decode of it {ms(decode)} ({api_cpu / decode:.1f}x)"
+                )
             latencies = asyncio.run(v2_submits(stack.base_url, headers, queued_body))
             bare = bare_rq(stack)
             results[auth] = latencies
