@@ -23,6 +23,7 @@ from rq.serializers import JSONSerializer
 
 from app.core import admission
 from app.core.api_keys import ApiKey
+from app.core.decode_budget import DecodeBudget
 from app.core.errors import Unavailable
 from app.core.image_intake import PreparedImage, load_input_bytes, load_input_image
 from app.core.job_spec import JOB_FUNCTION, JobSpec, Status
@@ -55,6 +56,8 @@ class Submitter:
         self.settings = settings
         self.keys = RedisKeys(settings.redis_prefix)
         self.model_names = model_names
+        # One per process: what this API's input-image decodes may hold in memory at once.
+        self.decode_budget = DecodeBudget(settings.decode_memory_mb * 2**20, wait_s=settings.decode_wait_s)
         self.aio = aio
         self.sync = sync
         # One Queue object per model: rq caches the server version on it (one INFO call, not one per job).
@@ -67,8 +70,12 @@ class Submitter:
         if params.webhook_url:  # before fetching an image for a request that will be refused
             check_webhook_url(params.webhook_url, self.settings)
         if isinstance(params.image, bytes):
-            return await load_input_bytes(params.image, self.settings, resize_to=params.resize_to)
-        return await load_input_image(params.image, self.settings, resize_to=params.resize_to)
+            return await load_input_bytes(
+                params.image, self.settings, resize_to=params.resize_to, budget=self.decode_budget
+            )
+        return await load_input_image(
+            params.image, self.settings, resize_to=params.resize_to, budget=self.decode_budget
+        )
 
     async def submit(
         self,

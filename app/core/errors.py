@@ -85,6 +85,12 @@ class NoWorker(NotReady):
         )
 
 
+class Overloaded(NotReady):
+    """A bounded resource of this process (the image decode budget) is full: retry shortly."""
+
+    default_message = "Server busy, retry shortly"
+
+
 class GatewayTimeout(ServiceError):
     status_code = 504
     default_message = "Request timed out"

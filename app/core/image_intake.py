@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import anyio.to_thread
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from app.core.decode_budget import DecodeBudget
 from app.core.errors import InvalidInput
 from app.core.image_fetch import fetch_image_bytes
 from app.core.outbound_addresses import AddressPolicy
@@ -90,11 +91,40 @@ def working_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return (w // 8) * 8, (h // 8) * 8
 
 
+# Estimated peak bytes per decoded pixel of one decode (the decoder's buffer and the image, the
+# conversion to RGB), measured on 8000x5000 images: PNG RGBA 9.5, GIF 6, PNG RGB 6. Pillow's WebP
+# decoder keeps two RGBA canvases and copies the frame twice (16 to 17 measured).
+DECODE_BYTES_PER_PIXEL = 12
+DECODE_BYTES_PER_PIXEL_BY_FORMAT = {"WEBP": 18}
+
+
+@dataclass
+class OpenedImage:
+    """An image whose header has been read and checked, not yet decoded."""
+
+    im: ImageFile.ImageFile
+    header_size: tuple[int, int]
+    target: tuple[int, int]
+    resize_to: tuple[int, int] | None
+
+    @property
+    def decode_cost_bytes(self) -> int:
+        """What decoding it will hold at its peak (after a JPEG draft: the reduced size)."""
+        width, height = self.im.size
+        per_pixel = DECODE_BYTES_PER_PIXEL_BY_FORMAT.get(self.im.format or "", DECODE_BYTES_PER_PIXEL)
+        return width * height * per_pixel
+
+
 def prepare_image(data: bytes, settings: Settings, resize_to: tuple[int, int] | None = None) -> PreparedImage:
     """Decode `data` and return it normalised to RGB at the working resolution (sync, CPU bound).
 
     `resize_to` (`img_width`/`img_height` of clients in the wild, CONTRACT 9): the size wanted for the
     upright image, aspect not kept, then capped to `max_pixels` and rounded down to multiples of 8."""
+    return decode_opened(open_image(data, settings, resize_to))
+
+
+def open_image(data: bytes, settings: Settings, resize_to: tuple[int, int] | None = None) -> OpenedImage:
+    """Read and check the header (format, pixels, sides), and choose the decode size; no pixel yet."""
     if not data:
         raise InvalidInput("image is empty")
     if len(data) > settings.max_image_bytes:
@@ -112,11 +142,18 @@ def prepare_image(data: bytes, settings: Settings, resize_to: tuple[int, int] | 
         # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the working size allows it: a 40 MP
         # photo then costs a fraction of the time and memory. Deterministic, and never below
         # the size we resize to (draft keeps each side >= the size asked for).
-        need = max(target[0] / width, target[1] / height)
-        if resize_to:  # the wanted size is the upright one: never draft below either orientation
-            need = max(need, target[0] / height, target[1] / width)
+        need = _scale_needed(width, height, target, resize_to)
         im.draft("RGB", (math.ceil(width * need), math.ceil(height * need)))
+    return OpenedImage(im=im, header_size=(width, height), target=target, resize_to=resize_to)
+
+
+def decode_opened(opened: OpenedImage) -> PreparedImage:
+    """Decode every pixel, orient, shrink and convert to RGB, then hand off as PNG (CPU bound)."""
+    im, target, resize_to = opened.im, opened.target, opened.resize_to
     _load_fully(im)
+    # A large decoded image is divided by an integer factor first, in its own mode, so that the
+    # copies the colour conversions make are small (the file's format could not decode it reduced).
+    im = _reduce_early(im, target, resize_to)
 
     loaded_size = im.size
     upright = _apply_orientation(im)
@@ -125,6 +162,7 @@ def prepare_image(data: bytes, settings: Settings, resize_to: tuple[int, int] | 
         # (Computed from the header size, not the draft-reduced one, so it never depends on draft.)
         target = (target[1], target[0])
     rgb = _to_rgb(upright)
+    del im, upright  # the full-size buffers go before the resize allocates
     if rgb.size != target:
         rgb = rgb.resize(target, Image.Resampling.LANCZOS)
 
@@ -132,6 +170,31 @@ def prepare_image(data: bytes, settings: Settings, resize_to: tuple[int, int] | 
     # Fast compression: the PNG only travels to the worker through Redis, and stays lossless.
     rgb.save(out, format="PNG", compress_level=1)
     return PreparedImage(png=out.getvalue(), width=rgb.width, height=rgb.height, image=rgb)
+
+
+def _scale_needed(
+    width: int, height: int, target: tuple[int, int], resize_to: tuple[int, int] | None
+) -> float:
+    """The smallest scale of the stored image that still covers the target on both sides."""
+    need = max(target[0] / width, target[1] / height)
+    if resize_to:  # the wanted size is the upright one: never below either orientation
+        need = max(need, target[0] / height, target[1] / width)
+    return need
+
+
+# Modes Pillow's Image.reduce handles; palette, bilevel and 16-bit images are converted first anyway.
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F")
+
+
+def _reduce_early(im: Image.Image, target: tuple[int, int], resize_to: tuple[int, int] | None) -> Image.Image:
+    """A box-filter reduction by an integer factor that leaves at least twice the target on both
+    sides (Pillow's reducing_gap=2 idea: the LANCZOS resize after it is indistinguishable)."""
+    if im.mode not in _REDUCIBLE_MODES:
+        return im
+    factor = int(1 / (2 * _scale_needed(im.width, im.height, target, resize_to)))
+    if factor < 2:
+        return im
+    return im.reduce(factor)
 
 
 def decode_base64_image(text: str, settings: Settings) -> bytes:
@@ -182,6 +245,7 @@ async def load_input_image(
     *,
     address_allowed: AddressPolicy | None = None,
     resize_to: tuple[int, int] | None = None,
+    budget: DecodeBudget | None = None,
 ) -> PreparedImage:
     """The `image` field of a request (URL, data URL or bare base64) -> the prepared image.
 
@@ -196,14 +260,24 @@ async def load_input_image(
         data = await fetch_image_bytes(text, settings, address_allowed=address_allowed)
     else:
         data = decode_base64_image(text, settings)
-    return await load_input_bytes(data, settings, resize_to=resize_to)
+    return await load_input_bytes(data, settings, resize_to=resize_to, budget=budget)
 
 
 async def load_input_bytes(
-    data: bytes, settings: Settings, *, resize_to: tuple[int, int] | None = None
+    data: bytes,
+    settings: Settings,
+    *,
+    resize_to: tuple[int, int] | None = None,
+    budget: DecodeBudget | None = None,
 ) -> PreparedImage:
-    """An uploaded file's bytes (multipart `image`) -> the prepared image, decoded in a thread."""
-    return await anyio.to_thread.run_sync(prepare_image, data, settings, resize_to)
+    """An uploaded file's bytes (multipart `image`) -> the prepared image, decoded in a thread.
+
+    With a `budget`, the decode waits until its estimated memory fits (or is refused, 503)."""
+    opened = await anyio.to_thread.run_sync(open_image, data, settings, resize_to)
+    if budget is None:
+        return await anyio.to_thread.run_sync(decode_opened, opened)
+    async with budget.hold(opened.decode_cost_bytes):
+        return await anyio.to_thread.run_sync(decode_opened, opened)
 
 
 # --- helpers -----------------------------------------------------------------------------------

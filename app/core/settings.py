@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     max_queue_time_s: float = Field(3600, gt=0, validation_alias=_env("SDXL_MAX_QUEUE_TIME_S"))
     max_image_bytes: int = Field(20_000_000, ge=1, validation_alias=_env("SDXL_MAX_IMAGE_BYTES"))
     max_input_pixels: int = Field(40_000_000, ge=64 * 64, validation_alias=_env("SDXL_MAX_INPUT_PIXELS"))
+    # Memory the API's input-image decodes may hold at once (estimated from each header); see
+    # app/core/decode_budget.py. The default fits two decodes of a SDXL_MAX_INPUT_PIXELS image.
+    decode_memory_mb: int = Field(1024, ge=16, validation_alias=_env("SDXL_DECODE_MEMORY_MB"))
+    # How long a decode waits for room in that budget before its request is a 503 with Retry-After.
+    decode_wait_s: float = Field(5.0, ge=0, validation_alias=_env("SDXL_DECODE_WAIT_S"))
     max_pixels: int = Field(1_572_864, ge=64 * 64, validation_alias=_env("SDXL_MAX_PIXELS"))
     max_body_bytes: int = Field(30_000_000, ge=1024, validation_alias=_env("SDXL_MAX_BODY_BYTES"))
     allow_private_urls: bool = Field(False, validation_alias=_env("SDXL_ALLOW_PRIVATE_URLS"))
