@@ -93,9 +93,29 @@ def parse_member(value: str | bytes) -> tuple[int, str]:
     return int(attempt), request_id
 
 
+MAX_WEBHOOK_URL_CHARS = 2048
+
+
+def check_webhook_url_syntax(url: str) -> None:
+    """A URL a request line can carry as is: http(s), a host, at most 2,048 characters, and no
+    space or control character (a CR/LF would split the request line into injected headers)."""
+    if len(url) > MAX_WEBHOOK_URL_CHARS:
+        raise InvalidInput(f"webhook_url is {len(url)} characters, more than {MAX_WEBHOOK_URL_CHARS}")
+    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+        raise InvalidInput("webhook_url must not contain spaces or control characters (CR, LF, tab...)")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise InvalidInput("webhook_url is not a valid URL") from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        raise InvalidInput("webhook_url must be an http or https URL with a host")
+
+
 def check_webhook_url(url: str, settings: Settings) -> None:
     """At submission, without DNS: refuse a host that is a literal non-public IP or `localhost`
     (a name is checked again, resolved, at each delivery)."""
+    check_webhook_url_syntax(url)
     if settings.allow_private_urls:
         return
     try:
@@ -240,6 +260,10 @@ class Deliverer:
                 except redis.RedisError as exc:
                     log.warning("webhooks: Redis unavailable", extra={"error": str(exc)})
                     await asyncio.sleep(1)
+                except Exception:
+                    # Supervised: logged, and the loop goes on (bad members are dropped in `step`).
+                    log.exception("webhooks: delivery loop step failed; going on")
+                    await asyncio.sleep(1)
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -257,7 +281,13 @@ class Deliverer:
             args={"most": free, "lease": LEASE_S, "attempts": ATTEMPTS},
         )
         for value in claimed:
-            attempt, request_id = parse_member(value)
+            try:
+                attempt, request_id = parse_member(value)
+            except ValueError:
+                # One bad record fails alone: dropped, and said, instead of stopping every delivery.
+                await self.aio.zrem(self.keys.webhooks, value)
+                log.error("webhooks: unreadable delivery dropped", extra={"member": repr(value)[:120]})
+                continue
             task = asyncio.create_task(self.deliver(request_id, attempt))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
