@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from app.api import metrics_http
 from app.api.app_state import AppState
+from app.api.header_limits import HeaderLimits
 from app.api.http_errors import install_error_handlers
 from app.api.request_body import BodySizeLimit
 from app.api.routes import account, docs, events, generation, health, listing, playground, requests
@@ -75,6 +76,10 @@ async def _background(state: AppState) -> None:
             )
         except redis.RedisError as exc:
             log.warning("background: Redis unavailable", extra={"error": str(exc)})
+        except Exception:
+            # Supervised: a bug or a bad record is logged, and the next pass comes as usual (the reaper
+            # skips bad records itself; this keeps the task alive whatever else fails).
+            log.exception("background pass failed; the loop goes on")
         await asyncio.sleep(state.settings.heartbeat_ttl_s / 3)
 
 
@@ -129,4 +134,5 @@ def create_app(settings: Settings | None = None, models: ModelsConfig | None = N
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(metrics_http.RequestMetricsMiddleware, registry=registry)
+    app.add_middleware(HeaderLimits)  # outermost: checked before anything reads the request
     return app

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.core.errors import ServiceError, Unavailable
 from app.core.logging_setup import request_id_var
@@ -42,6 +43,12 @@ def install_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query"))
         return error_response(400, f"{where or 'request'}: {first.get('msg', 'invalid value')}")
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client closed the connection while sending its body: its business, not our error.
+        log.info("client disconnected before sending its whole body", extra={"path": request.url.path})
+        return error_response(400, "client disconnected before sending its whole body")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
