@@ -13,10 +13,13 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker, worker_registration
@@ -39,6 +42,8 @@ log = logging.getLogger("sdxl.worker")
 
 # RQ's own idea of a live worker (its registry keys); ours is the heartbeat key below.
 RQ_WORKER_TTL_S = 35
+# Beats failing in a row (not Redis outages: bugs, bad data) before the worker stops and exits 1.
+MAX_FAILED_BEATS = 3
 
 
 def new_worker_id() -> str:
@@ -56,6 +61,8 @@ class Heartbeat(threading.Thread):
         self.engine_info = engine_info
         self.client = sync_client(settings)
         self.stopped = threading.Event()
+        self.failed_beats = 0
+        self.lost = False  # the heartbeat could not be kept: the worker exits non-zero
         self.started_at = time.time()
         self.rq_worker: SimpleWorker | None = None  # set once RQ's worker exists
         self.rq_queues = [
@@ -104,18 +111,50 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(self.settings.heartbeat_ttl_s / 3):
-            try:
-                self.beat()
-                self.clean_rq_registries()
-                self.hand_back_orphans()
-                reap_lost_requests(
-                    self.client,
-                    self.context.keys,
-                    self.context.lifecycle,
-                    stranded_after_s=self.settings.stranded_after_s,
-                )
-            except redis.RedisError as exc:
-                log.warning("heartbeat: Redis unavailable", extra={"error": str(exc)})
+            if not self._supervised("heartbeat", self.beat):
+                self.failed_beats += 1
+                if self.failed_beats >= MAX_FAILED_BEATS:
+                    self.give_up()
+                    return
+            else:
+                self.failed_beats = 0
+            self._supervised("RQ registries", self.clean_rq_registries)
+            self._supervised("hand back", self.hand_back_orphans)
+            self._supervised("reaper", self.reap)
+
+    def reap(self) -> None:
+        reap_lost_requests(
+            self.client,
+            self.context.keys,
+            self.context.lifecycle,
+            stranded_after_s=self.settings.stranded_after_s,
+        )
+
+    def _supervised(self, what: str, step: Callable[[], Any]) -> bool:
+        """Runs one step of the loop; an exception is logged (a Redis outage briefly) and the loop
+        goes on: one bad record, or one bug, must not silence the heartbeat. False when it failed
+        for another reason than Redis (whose outages are waited through)."""
+        try:
+            step()
+        except redis.ResponseError:
+            # Redis answered, with an error (a key of the wrong type, a script error): bad data, not an
+            # outage to wait through.
+            log.exception(f"{what} failed; the loop goes on")
+            return False
+        except redis.RedisError as exc:
+            log.warning(f"{what}: Redis unavailable", extra={"error": str(exc)})
+        except Exception:
+            log.exception(f"{what} failed; the loop goes on")
+            return False
+        return True
+
+    def give_up(self) -> None:
+        """The heartbeat cannot be kept: the reaper would soon take this worker's requests anyway.
+        Stop taking jobs (RQ's warm stop: the job in flight ends first) and exit non-zero, so that the
+        supervisor restarts a fresh worker."""
+        log.error("heartbeat failed %d times in a row: stopping the worker", self.failed_beats)
+        self.lost = True
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -238,4 +277,4 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
     finally:
         heartbeat.stop()
         install_context(None)
-    return 0
+    return 1 if heartbeat.lost else 0

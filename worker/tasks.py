@@ -109,8 +109,26 @@ def _run(ctx: WorkerContext, request_id: str) -> str:
         # alone while our heartbeat lives: hand them back once Redis answers, or they would stay stuck.
         ctx.orphans.update(held)
         raise
+    except Exception as exc:
+        # Anything else (a corrupt stored input, a spec this version cannot read, a bug before the
+        # engine runs) would leave the requests PROCESSING for ever under this worker's live
+        # heartbeat, their credits held: each ends FAILED with the reason, refunded, in finish's step.
+        log.exception("request failed outside the engine")
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+        for held_id in held:
+            _fail_held(ctx, held_id, reason[:500])
+        return "failed"
     finally:
         ctx.current.pop("request_id", None)
+
+
+def _fail_held(ctx: WorkerContext, request_id: str, error: str) -> None:
+    """FAILED and refunded by id alone: its spec may be what could not be read. One that has already
+    ended (or that this worker no longer holds) is left as it is by finish."""
+    try:
+        ctx.lifecycle.finish(ctx.redis, request_id, ctx.worker_id, failed_fields(error, 500))
+    except redis.RedisError:
+        ctx.orphans.add(request_id)  # handed back once Redis answers, as for any Redis failure
 
 
 def _parked(ctx: WorkerContext) -> str:

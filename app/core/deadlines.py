@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.core import job_metrics
-from app.core.errors import InvalidInput
-from app.core.job_spec import JobSpec, Status
+from app.core.errors import InvalidInput, UnreadableRecord
+from app.core.job_spec import Status, base_model_of
 from app.core.lifecycle import Lifecycle, as_text
 from app.core.redis_keys import RedisKeys, RequestField
 
@@ -63,8 +63,14 @@ def end_past_deadlines(
     due = client.zrangebyscore(keys.deadlines, "-inf", time.time(), start=0, num=limit)
     for raw_id in due:
         request_id = as_text(raw_id)
-        spec_json = client.hget(keys.request(request_id), RequestField.SPEC)
-        base_model = JobSpec.from_json(spec_json).base_model if spec_json else ""
+        try:
+            base_model = base_model_of(client.hget(keys.request(request_id), RequestField.SPEC))
+        except UnreadableRecord as exc:  # one bad record fails alone: out of the index, logged
+            client.zrem(keys.deadlines, request_id)
+            log.error(
+                "deadline: unreadable record dropped", extra={"request_id": request_id, "error": str(exc)}
+            )
+            continue
         outcome = as_text(lifecycle.deadline(client, request_id, keys.queue_name(base_model)))
         if outcome == "EXCEEDED":
             acted[request_id] = outcome

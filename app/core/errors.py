@@ -94,3 +94,10 @@ class Overloaded(NotReady):
 class GatewayTimeout(ServiceError):
     status_code = 504
     default_message = "Request timed out"
+
+
+class UnreadableRecord(ServiceError):
+    """A stored request whose spec this version cannot read (corrupt, or written by another version).
+    The worker ends such a request FAILED and refunded; reading it answers this, not a traceback."""
+
+    default_message = "request record cannot be read"

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 
+from app.core.errors import UnreadableRecord
+
 SLUG = "sdxl-img2img"
 # The worker's entry point, enqueued by dotted path with a JSON payload (never pickled objects).
 JOB_FUNCTION = "worker.tasks.run_request"
@@ -77,10 +79,28 @@ class JobSpec:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> JobSpec:
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        # Forward compatible: a field added by a newer API version is ignored by an older worker.
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """Raises UnreadableRecord for a spec that is not JSON or lacks a field this version needs."""
+        try:
+            data = json.loads(text)
+            known = {f.name for f in fields(cls)}
+            # Forward compatible: a field added by a newer API version is ignored by an older worker.
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UnreadableRecord(f"stored spec cannot be read ({type(exc).__name__}: {exc})") from None
 
     def file_name(self, index: int) -> str:
         return f"{self.request_id}-{index}.{FILE_EXTENSIONS[self.output_format]}"
+
+
+def base_model_of(spec_json: bytes | str | None) -> str:
+    """A stored spec's base model (its queue); "" when the record has expired. Only that field is
+    read, so a spec with others missing (another version's) still finds its queue."""
+    if not spec_json:
+        return ""
+    try:
+        base_model = json.loads(spec_json).get("base_model")
+    except (ValueError, AttributeError, TypeError):
+        base_model = None
+    if not isinstance(base_model, str) or not base_model:
+        raise UnreadableRecord(f"spec names no base model: {spec_json[:80]!r}")
+    return base_model

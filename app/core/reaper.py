@@ -21,7 +21,8 @@ from rq.serializers import JSONSerializer
 
 from app.core import admission, job_metrics
 from app.core.deadlines import end_past_deadlines
-from app.core.job_spec import JobSpec, Status
+from app.core.errors import UnreadableRecord
+from app.core.job_spec import Status, base_model_of
 from app.core.lifecycle import Lifecycle, as_text
 from app.core.redis_keys import RedisKeys, RequestField
 
@@ -38,20 +39,40 @@ def reap_lost_requests(
     acted |= requeue_stranded(client, keys, lifecycle, older_than_s=stranded_after_s)
     for raw_id in client.zrange(keys.processing, 0, -1):
         request_id = raw_id.decode()
-        worker_id, spec_json = client.hmget(
-            keys.request(request_id), [RequestField.WORKER, RequestField.SPEC]
-        )
-        base_model = _base_model(spec_json)
-        outcome = as_text(
-            lifecycle.reap(client, request_id, (worker_id or b"").decode(), keys.queue_name(base_model))
-        )
-        if outcome == "ALIVE":
+        try:
+            outcome = _reap_one(client, keys, lifecycle, request_id)
+        except UnreadableRecord as exc:
+            quarantine(client, keys, request_id, str(exc))
             continue
-        acted[request_id] = outcome
+        except redis.RedisError:
+            raise
+        except Exception:
+            # One bad record fails alone: logged with its id, the pass goes on to the others.
+            log.exception("reaper: record skipped", extra={"request_id": request_id})
+            continue
+        if outcome != "ALIVE":
+            acted[request_id] = outcome
+    return acted
+
+
+def _reap_one(client: redis.Redis, keys: RedisKeys, lifecycle: Lifecycle, request_id: str) -> str:
+    worker_id, spec_json = client.hmget(keys.request(request_id), [RequestField.WORKER, RequestField.SPEC])
+    base_model = base_model_of(spec_json)
+    outcome = as_text(
+        lifecycle.reap(client, request_id, (worker_id or b"").decode(), keys.queue_name(base_model))
+    )
+    if outcome != "ALIVE":
         _settle(client, keys, request_id, base_model, outcome)
         if worker_id and outcome in ("REQUEUED", "FAILED"):
             retire_rq_worker(client, worker_id.decode())
-    return acted
+    return outcome
+
+
+def quarantine(client: redis.Redis, keys: RedisKeys, request_id: str, why: str, index: str = "") -> None:
+    """Out of the processing set, so that no pass trips on it again; its hash stays (until its TTL)
+    for whoever wants to look at it, and the log says which record and why."""
+    client.zrem(index or keys.processing, request_id)
+    log.error("reaper: unreadable record quarantined", extra={"request_id": request_id, "error": why})
 
 
 def retire_rq_worker(client: redis.Redis, worker_id: str) -> None:
@@ -89,7 +110,15 @@ def requeue_stranded(
     due = client.zrangebyscore(keys.queued, "-inf", time.time() - older_than_s, start=0, num=limit)
     for raw_id in due:
         request_id = raw_id.decode()
-        base_model = _base_model(client.hget(keys.request(request_id), RequestField.SPEC))
+        try:
+            base_model = base_model_of(client.hget(keys.request(request_id), RequestField.SPEC))
+        except UnreadableRecord as exc:
+            client.zrem(keys.queued, request_id)
+            log.error(
+                "reaper: unreadable queued record quarantined",
+                extra={"request_id": request_id, "error": str(exc)},
+            )
+            continue
         outcome = as_text(lifecycle.strand(client, request_id, keys.queue_name(base_model)))
         if outcome in ("REQUEUED", "FAILED", "EXPIRED"):
             acted[request_id] = outcome
@@ -103,17 +132,12 @@ def hand_back(
     """A live worker gives up a request it holds (Redis failed under the job, so the job could not
     end it): it runs once more, or ends FAILED "worker lost" with its credits back, as if the worker
     had died. "GONE" when the request had ended after all; "ALIVE" when another worker holds it."""
-    base_model = _base_model(client.hget(keys.request(request_id), RequestField.SPEC))
+    base_model = base_model_of(client.hget(keys.request(request_id), RequestField.SPEC))
     outcome = as_text(
         lifecycle.reap(client, request_id, worker_id, keys.queue_name(base_model), hand_back=True)
     )
     _settle(client, keys, request_id, base_model, outcome)
     return outcome
-
-
-def _base_model(spec_json: bytes | None) -> str:
-    """The request's base model (its queue); "" when the record has expired."""
-    return JobSpec.from_json(spec_json).base_model if spec_json else ""
 
 
 def _settle(client: redis.Redis, keys: RedisKeys, request_id: str, base_model: str, outcome: str) -> None:
