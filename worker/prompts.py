@@ -20,6 +20,9 @@ from compel.prompt_parser import Conjunction, FlattenedPrompt
 
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
+# Weights are kept in [0, MAX_WEIGHT] after every product (CONTRACT 3b): `(word:1e400)` (inf),
+# thousands of nested brackets, or inf times 0, would otherwise give NaN embeddings and a black image.
+MAX_WEIGHT = 10.0
 
 # One token of the A1111 grammar: an escaped bracket or backslash, an opening bracket, an explicit
 # weight closing a round bracket (`:1.3)`), a closing bracket, a run of plain text, a lone ':' or '\'.
@@ -27,7 +30,7 @@ _TOKEN = re.compile(
     r"""
     \\[()\[\]\\]                                  # escaped bracket or backslash: literal
     | [(\[]                                       # opening bracket
-    | :\s*(?P<weight>[+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)   # explicit weight, closes a round bracket
+    | :\s*(?P<weight>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*\)   # explicit weight, closes (
     | [)\]]                                       # closing bracket
     | [^\\()\[\]:]+                               # plain text
     | [:\\]                                       # a colon or backslash that is just text
@@ -48,7 +51,7 @@ def parse_weighted(prompt: str) -> list[tuple[str, float]]:
 
     def weigh_from(start: int, factor: float) -> None:
         for part in parts[start:]:
-            part[1] *= factor
+            part[1] = clamp_weight(part[1] * factor)
 
     for match in _TOKEN.finditer(prompt):
         token = match.group(0)
@@ -60,7 +63,7 @@ def parse_weighted(prompt: str) -> list[tuple[str, float]]:
         elif token == "[":
             open_square.append(len(parts))
         elif weight is not None and open_round:
-            weigh_from(open_round.pop(), float(weight))
+            weigh_from(open_round.pop(), clamp_weight(float(weight)))
         elif token == ")" and open_round:
             weigh_from(open_round.pop(), ROUND_MULTIPLIER)
         elif token == "]" and open_square:
@@ -79,6 +82,13 @@ def parse_weighted(prompt: str) -> list[tuple[str, float]]:
         elif text:
             merged.append((text, weight))
     return merged or [("", 1.0)]
+
+
+def clamp_weight(weight: float) -> float:
+    """In [0, MAX_WEIGHT]; NaN (never produced by clamped factors, but cheap to rule out) is 1.0."""
+    if weight != weight:
+        return 1.0
+    return min(max(weight, 0.0), MAX_WEIGHT)
 
 
 @dataclass(frozen=True)
