@@ -13,14 +13,8 @@ import pytest
 from PIL import Image
 
 from app.core.errors import InvalidInput
-from app.core.image_intake import (
-    NOT_BASE64,
-    decode_base64_image,
-    load_input_bytes,
-    load_input_image,
-    prepare_image,
-    working_size,
-)
+from app.core.image_decode import prepare_image, working_size
+from app.core.image_intake import NOT_BASE64, decode_base64_image, load_input_bytes, load_input_image
 from app.core.settings import Settings
 from tests import image_factory as f
 from tests.http_fixtures import LocalHTTPServer, serve_bytes

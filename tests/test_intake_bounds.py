@@ -19,7 +19,7 @@ from PIL import Image, ImageChops, ImageStat
 
 from app.core.decode_budget import DecodeBudget
 from app.core.errors import Overloaded
-from app.core.image_intake import open_image, prepare_image
+from app.core.image_decode import open_image, prepare_image
 from tests import image_factory
 from tests.faults import balance, report
 from tests.memory_probe import PeakRss

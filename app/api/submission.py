@@ -25,7 +25,8 @@ from app.core import admission
 from app.core.api_keys import ApiKey
 from app.core.decode_budget import DecodeBudget
 from app.core.errors import Unavailable
-from app.core.image_intake import PreparedImage, load_input_bytes, load_input_image
+from app.core.image_decode import PreparedImage
+from app.core.image_intake import load_input_bytes, load_input_image
 from app.core.job_spec import JOB_FUNCTION, JobSpec, Status
 from app.core.redis_keys import RedisKeys, RequestField
 from app.core.request_model import GenerationParams

@@ -105,7 +105,8 @@ def _default_base_model(settings: Any) -> str:
 
 def _read_image(source: str, settings: Any) -> Any:
     from app.core.errors import InvalidInput
-    from app.core.image_intake import load_input_image, prepare_image
+    from app.core.image_decode import prepare_image
+    from app.core.image_intake import load_input_image
 
     if source.lower().startswith(("http://", "https://")):
         # The API's own fetch: same size and time limits, same address policy (SDXL_ALLOW_PRIVATE_URLS).
