@@ -29,7 +29,8 @@ from app.core.lifecycle import Lifecycle, failed_fields
 from app.core.outbound_addresses import is_public_address
 from app.core.redis_keys import RedisKeys, RequestField
 from app.core.settings import Settings
-from app.core.webhooks import ATTEMPTS, Deliverer, Outcome, check_webhook_url, member, retry_delay_s, sign
+from app.core.webhook_urls import check_webhook_url
+from app.core.webhooks import ATTEMPTS, Deliverer, Outcome, member, retry_delay_s, sign
 from tests.conftest import REDIS_URL
 from tests.faults import wait_request_end, wait_until
 from tests.specs import make_spec

@@ -32,7 +32,7 @@ from app.core.redis_keys import RedisKeys, RequestField
 from app.core.request_model import GenerationParams
 from app.core.request_options import RequestOptions
 from app.core.settings import Settings
-from app.core.webhooks import check_webhook_url
+from app.core.webhook_urls import check_webhook_url
 
 # RQ's own per-job limit; generation is bounded by steps, this only catches a wedged worker.
 JOB_TIMEOUT_S = 3600

@@ -2,7 +2,7 @@
 
 How a delivery flows, and why:
 - at submission, a `webhook_url` naming a literal non-public IP (or `localhost`) is refused at once
-  (`check_webhook_url`: cheap, no DNS); the request's public base URL is stored with it, so the
+  (`app.core.webhook_urls.check_webhook_url`: cheap, no DNS); the request's public base URL is stored with it, so the
   body can name absolute output URLs later, with no HTTP request at hand;
 - every terminal transition (app/lua/finish, cancel, reap) adds `0:<request id>` to the deliveries
   sorted set `RedisKeys.webhooks` (scored by when it is due) in the same atomic step as the end itself,
@@ -31,7 +31,6 @@ import ssl
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -47,7 +46,6 @@ from app.core.outbound_addresses import (
     AddressRefused,
     checked_addresses,
     default_policy,
-    is_public_address,
     parse_ip_host,
 )
 from app.core.redis_clients import BLOCKING_SLICE_S
@@ -91,41 +89,6 @@ def parse_member(value: str | bytes) -> tuple[int, str]:
     text = as_text(value)
     attempt, _, request_id = text.partition(":")
     return int(attempt), request_id
-
-
-MAX_WEBHOOK_URL_CHARS = 2048
-
-
-def check_webhook_url_syntax(url: str) -> None:
-    """A URL a request line can carry as is: http(s), a host, at most 2,048 characters, and no
-    space or control character (a CR/LF would split the request line into injected headers)."""
-    if len(url) > MAX_WEBHOOK_URL_CHARS:
-        raise InvalidInput(f"webhook_url is {len(url)} characters, more than {MAX_WEBHOOK_URL_CHARS}")
-    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
-        raise InvalidInput("webhook_url must not contain spaces or control characters (CR, LF, tab...)")
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        raise InvalidInput("webhook_url is not a valid URL") from None
-    if parts.scheme.lower() not in ("http", "https") or not host:
-        raise InvalidInput("webhook_url must be an http or https URL with a host")
-
-
-def check_webhook_url(url: str, settings: Settings) -> None:
-    """At submission, without DNS: refuse a host that is a literal non-public IP or `localhost`
-    (a name is checked again, resolved, at each delivery)."""
-    check_webhook_url_syntax(url)
-    if settings.allow_private_urls:
-        return
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        raise InvalidInput("webhook_url is not a valid URL") from None
-    ip = parse_ip_host(host)
-    local_name = host.rstrip(".") == "localhost" or host.rstrip(".").endswith(".localhost")
-    if local_name or (ip is not None and not is_public_address(ip)):
-        raise InvalidInput(f"webhook_url host {host} is not a public address; refused")
 
 
 def body_bytes(body: dict[str, Any]) -> bytes:
