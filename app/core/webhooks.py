@@ -2,8 +2,8 @@
 
 How a delivery flows, and why:
 - at submission, a `webhook_url` naming a literal non-public IP (or `localhost`) is refused at once
-  (`app.core.webhook_urls.check_webhook_url`: cheap, no DNS); the request's public base URL is stored with it, so the
-  body can name absolute output URLs later, with no HTTP request at hand;
+  (`app.core.webhook_urls.check_webhook_url`: cheap, no DNS); the request's public base URL is
+  stored with it, so the body can name absolute output URLs later, with no HTTP request at hand;
 - every terminal transition (app/lua/finish, cancel, reap) adds `0:<request id>` to the deliveries
   sorted set `RedisKeys.webhooks` (scored by when it is due) in the same atomic step as the end itself,
   and pushes a token to `RedisKeys.webhook_wake`: a delivery is never lost between the two, even when no
