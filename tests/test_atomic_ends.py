@@ -16,6 +16,7 @@ import pytest
 
 from tests.faults import (
     JOB_LOST_S,
+    absent_worker,
     balance,
     freeze_after_script,
     heartbeat,
@@ -85,6 +86,7 @@ def test_cancel_of_a_queued_request_frozen_after_its_step_is_refunded_and_a_retr
 
 def test_v1_timeout_frozen_after_its_cancel_is_refunded(stack):
     key = stack.create_key(name="v1", credits=10)
+    absent_worker(stack, "idle")  # v1 waits (a live worker serves `idle`, busy): the 2 s timeout comes
     freeze_after_script(
         stack,
         stack.api.pid,

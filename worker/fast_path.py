@@ -79,11 +79,12 @@ def resolve(settings: Settings, device: torch.device) -> FastPath:
 
 
 def use_compile_cache(directory: Path) -> None:
-    """Inductor's and Triton's on-disk caches in `directory`: set before the first compilation (they
-    read these variables when they first need their directory). An operator's own variables win."""
+    """Inductor's and Triton's on-disk caches in `directory`. Assigned, not defaulted: inductor writes
+    its own default into TORCHINDUCTOR_CACHE_DIR the first time anything asks for its directory, and
+    read then the setting would lose to it. SDXL_COMPILE_CACHE_DIR is the one knob."""
     directory.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(directory / "inductor"))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(directory / "triton"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(directory / "triton")
     # The FX graph cache (inductor's output per graph) and the AOT autograd cache (the traced
     # graphs) are what make a restart cheap; both default on in recent torch, said here for sure.
     import torch._inductor.config as inductor_config
