@@ -35,8 +35,8 @@ from app.core.reaper import hand_back, reap_lost_requests
 from app.core.redis_clients import sync_client
 from app.core.redis_keys import RedisKeys
 from app.core.settings import Settings
+from worker.job_context import WorkerContext, install_context
 from worker.moderation import load_moderation
-from worker.tasks import WorkerContext, install_context
 
 log = logging.getLogger("sdxl.worker")
 
@@ -198,9 +198,23 @@ def wait_for_redis(worker: SimpleWorker) -> None:
             time.sleep(1)
 
 
+def warm_up(engine: Any, model_names: list[str]) -> None:
+    """Loads (and compiles, with SDXL_COMPILE) what fits in memory; the other models load on their
+    first job (LRU). A model that fails to load is logged: the worker serves its other models, and
+    this one's jobs fail with the reason."""
+    from worker.errors import ModelLoadError
+
+    for name in model_names:
+        t0 = time.monotonic()
+        try:
+            engine.warm_up([name])
+            log.info("model ready", extra={"model": name, "seconds": round(time.monotonic() - t0, 3)})
+        except ModelLoadError as exc:
+            log.error("model failed to load", extra={"model": name, "error": str(exc)})
+
+
 def run_worker(settings: Settings, models_config: ModelsConfig, model_names: list[str]) -> int:
     from worker.engine import Engine
-    from worker.errors import ModelLoadError
     from worker.safety import SafetyCheckerError
 
     keys = RedisKeys(settings.redis_prefix)
@@ -212,15 +226,7 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
         log.error("content blocks cannot be loaded", extra={"error": str(exc)})
         return 2
     engine = Engine(settings, models_config)
-    # Warm what fits in memory; the other models load on their first job (LRU).
-    for name in model_names[: settings.max_resident_models]:
-        t0 = time.monotonic()
-        try:
-            engine.warm_up([name])
-            log.info("model ready", extra={"model": name, "seconds": round(time.monotonic() - t0, 3)})
-        except ModelLoadError as exc:
-            # The worker stays up and serves its other models; this one's jobs fail with the reason.
-            log.error("model failed to load", extra={"model": name, "error": str(exc)})
+    warm_up(engine, model_names[: settings.max_resident_models])
     log.info("worker warm", extra={"seconds": round(time.monotonic() - started, 3), "models": model_names})
 
     context = WorkerContext(
@@ -256,13 +262,23 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
     heartbeat.rq_worker = worker
     log.info("worker listening", extra={"worker": context.worker_id, "queues": [q.name for q in queues]})
     try:
+        work_until_stopped(worker, settings.log_level)
+    finally:
+        heartbeat.stop()
+        install_context(None)
+    return 1 if heartbeat.lost else 0
+
+
+def work_until_stopped(worker: SimpleWorker, log_level: str) -> None:
+    """RQ's loop, entered again after a Redis outage, until a stop (SIGTERM, Ctrl-C) is asked."""
+    try:
         while not stop_requested(worker):
             try:
                 # Round robin: after each job the queue it came from goes last, so a worker serving
                 # several models takes from their queues in turn (one busy model cannot starve another).
                 worker.work(
                     with_scheduler=False,
-                    logging_level=settings.log_level,
+                    logging_level=log_level,
                     dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
                 )
             except redis.RedisError as exc:
@@ -274,7 +290,3 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
             wait_for_redis(worker)
     except StopRequested:
         pass  # SIGTERM while idle outside RQ's loop (waiting for Redis): rq's handler raises this
-    finally:
-        heartbeat.stop()
-        install_context(None)
-    return 1 if heartbeat.lost else 0

@@ -12,7 +12,6 @@ import contextlib
 import io
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -22,46 +21,23 @@ from rq import get_current_job
 from app.core import eta, job_metrics
 from app.core.content_blocks import BLOCKED_STATUS, OUTPUT_FLAGGED, PROMPT_BLOCKED
 from app.core.job_spec import CANCELLED, DEADLINE_EXCEEDED, JobSpec, Status
-from app.core.key_concurrency import without_limited_keys
-from app.core.lifecycle import Lifecycle, as_text, completed_fields, failed_fields
+from app.core.lifecycle import as_text, completed_fields, failed_fields
 from app.core.logging_setup import bind_request_id, request_id_var
-from app.core.redis_keys import RedisKeys, RequestField
+from app.core.redis_keys import RequestField
+from worker.batch_claims import claim_companions, forget_rq_jobs
+from worker.job_context import WorkerContext, installed_context
+from worker.job_watch import JobWatch
 
 log = logging.getLogger("sdxl.worker")
 
 
-@dataclass
-class WorkerContext:
-    worker_id: str
-    keys: RedisKeys
-    lifecycle: Lifecycle
-    redis: redis.Redis
-    engine: Any  # worker.engine.Engine (imported lazily: torch)
-    current: dict[str, Any] = field(default_factory=dict)
-    # Requests this worker still holds (PROCESSING) whose job Redis failed under: the heartbeat
-    # thread hands them back once Redis answers (app.reaper.hand_back).
-    orphans: set[str] = field(default_factory=set)
-    max_batch: int = 1  # SDXL_MAX_BATCH: requests run together in one engine call (1: no batching)
-    max_batch_images: int = 8  # SDXL_MAX_BATCH_IMAGES: most images in one engine call
-    batch_window_s: float = 0.0  # SDXL_BATCH_WINDOW_MS: time given to companions to arrive
-    moderation: Any = None  # worker.moderation.Moderation (content blocks); None: none apply
-
-
-_context: WorkerContext | None = None
-
-
-def install_context(context: WorkerContext | None) -> None:
-    """Called once by the worker service at start: the engine stays resident between jobs."""
-    global _context
-    _context = context
-
-
 def run_request(request_id: str) -> str:
-    if _context is None:
+    context = installed_context()
+    if context is None:
         raise RuntimeError("worker.tasks.run_request called outside a worker service")
     token = request_id_var.set(request_id)
     try:
-        return _run(_context, request_id)
+        return _run(context, request_id)
     finally:
         request_id_var.reset(token)
 
@@ -85,7 +61,7 @@ def _run(ctx: WorkerContext, request_id: str) -> str:
     held = [request_id]
     try:
         [(spec, image_bytes)] = _load(ctx, [request_id])
-        companions = _claim(ctx, spec)
+        companions = claim_companions(ctx, spec)
         held += companions
         jobs = [(spec, image_bytes), *_load(ctx, companions)]
         outcomes: dict[str, str] = {}
@@ -102,7 +78,7 @@ def _run(ctx: WorkerContext, request_id: str) -> str:
                 ready.append((job_spec, data))
         if ready:
             outcomes.update(_generate(ctx, ready))
-        _forget_rq_jobs(ctx, companions)
+        forget_rq_jobs(ctx, companions)
         return outcomes[request_id]
     except redis.RedisError:
         # The requests may still be PROCESSING in this worker's name, and the reaper leaves them
@@ -164,79 +140,6 @@ def _load(ctx: WorkerContext, request_ids: list[str]) -> list[tuple[JobSpec, byt
     return [(JobSpec.from_json(replies[i]), replies[i + 1]) for i in range(0, len(replies), 2)]
 
 
-def _claim(ctx: WorkerContext, spec: JobSpec) -> list[str]:
-    """With SDXL_MAX_BATCH > 1, the queued requests taken to run with `spec` (see worker/batching.py)."""
-    if ctx.max_batch <= 1:
-        return []
-    from worker.batching import claim, compatible_queued
-
-    queued = compatible_queued(
-        ctx.redis, ctx.keys, spec, ctx.max_batch, max_images=ctx.max_batch_images, window_s=ctx.batch_window_s
-    )
-    # Requests of keys with a concurrency limit each take their own slot as they start: not batched.
-    candidates = without_limited_keys(ctx.redis, ctx.keys, queued)
-    if not candidates:
-        return []
-    started_at = ctx.redis.hget(ctx.keys.request(spec.request_id), RequestField.STARTED_AT)
-    try:
-        companions = claim(ctx.redis, ctx.keys, ctx.worker_id, spec, candidates, started_at.decode())
-    except redis.RedisError:
-        # The claim may have happened with its reply lost: hand back any it took (the hand back
-        # leaves alone those it did not take).
-        ctx.orphans.update(candidates)
-        raise
-    if companions:
-        log.info("batch claimed", extra={"batch_size": 1 + len(companions), "companions": companions})
-    return companions
-
-
-def _forget_rq_jobs(ctx: WorkerContext, request_ids: list[str]) -> None:
-    """RQ never ran the claimed requests' jobs, so it will not delete their hashes (result_ttl=0).
-
-    Only those of ended requests: one presumed lost meanwhile was queued again and runs on its job."""
-    from worker.batching import rq_job_key
-
-    if not request_ids:
-        return
-    with contextlib.suppress(redis.RedisError):
-        with ctx.redis.pipeline(transaction=False) as pipe:
-            for request_id in request_ids:
-                pipe.hget(ctx.keys.request(request_id), RequestField.STATUS)
-            statuses = pipe.execute()
-        ended = [
-            rq_job_key(request_id)
-            for request_id, status in zip(request_ids, statuses, strict=True)
-            if status is not None and Status(status.decode()).is_terminal()
-        ]
-        if ended:
-            ctx.redis.delete(*ended)
-
-
-class _Watch:
-    """Progress, cancel flags and ownership for every request of a batch: one Lua step per step.
-
-    A request is dropped from the run when it is cancelled, or when it is not this worker's any
-    more: a worker frozen longer than its heartbeat (SIGSTOP, swap) whose request was taken over
-    stops at its next step instead of running on beside its replacement."""
-
-    def __init__(self, ctx: WorkerContext, specs: list[JobSpec]) -> None:
-        self.ctx = ctx
-        self.request_ids = [spec.request_id for spec in specs]
-        self._read(None, 0)
-
-    def _read(self, step: int | None, total: int) -> None:
-        flags = self.ctx.lifecycle.progress(self.ctx.redis, self.request_ids, self.ctx.worker_id, step, total)
-        self.cancelled = [int(flag) == 1 for flag in flags]
-        self.lost = [int(flag) == 2 for flag in flags]
-        self.expired = [int(flag) == 3 for flag in flags]  # past its Cancel-After deadline
-
-    def on_step(self, step: int, total: int) -> None:
-        self._read(step, total)
-
-    def should_cancel(self) -> bool:
-        return any(self.cancelled) or any(self.lost) or any(self.expired)
-
-
 def _generate(ctx: WorkerContext, jobs: list[tuple[JobSpec, bytes]]) -> dict[str, str]:
     """Runs `jobs` in one engine call and ends each request; {request id: outcome}.
 
@@ -256,7 +159,7 @@ def _generate(ctx: WorkerContext, jobs: list[tuple[JobSpec, bytes]]) -> dict[str
         return outcomes
 
     while batch:
-        watch = _Watch(ctx, [job.spec for job in batch])
+        watch = JobWatch(ctx, [job.spec for job in batch])
         try:
             results = ctx.engine.generate(batch, on_step=watch.on_step, should_cancel=watch.should_cancel)
         except JobCancelled:
@@ -295,7 +198,9 @@ def _record_step_time(ctx: WorkerContext, specs: list[JobSpec]) -> None:
             eta.record_batch(ctx.redis, ctx.keys, specs, time.time() - float(started))
 
 
-def _drop_stopped(ctx: WorkerContext, batch: list[Any], watch: _Watch, outcomes: dict[str, str]) -> list[Any]:
+def _drop_stopped(
+    ctx: WorkerContext, batch: list[Any], watch: JobWatch, outcomes: dict[str, str]
+) -> list[Any]:
     """After a stopped engine call: cancelled requests end FAILED "cancelled", those past their
     deadline FAILED "deadline exceeded", those taken over by another worker are let go untouched;
     the rest of the batch is returned to run again."""
