@@ -47,3 +47,15 @@ def settings(redis_prefix: str) -> Settings:
         cache_dir=str(TEST_CACHE_DIR),
         allow_private_urls=True,
     )
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """A real API subprocess on a private prefix, no worker, one per test module. Modules that need
+    workers or other settings define their own `stack`, which takes precedence over this one."""
+    from tests.stack import make_stack
+
+    stack = make_stack()
+    stack.start_api()
+    yield stack
+    stack.stop()

@@ -10,17 +10,9 @@ import time
 
 import pytest
 
-from tests.stack import LOG_DIR, make_stack
+from tests.stack import LOG_DIR
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def stack():
-    stack = make_stack()
-    stack.start_api()
-    yield stack
-    stack.stop()
 
 
 def exchange(stack, raw: bytes) -> bytes:

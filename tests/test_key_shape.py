@@ -13,20 +13,11 @@ import httpx
 import pytest
 
 from app.core import api_keys
-from tests.stack import make_stack
 from tests.test_keys_cli import CLI
 
 pytestmark = pytest.mark.e2e
 # The check of a third-party tool (an MCP server for Segmind) that refused our older keys.
 SEGMIND_KEY_FORMAT = re.compile(r"^(sg_|SG_)[a-zA-Z0-9]{12,}$")
-
-
-@pytest.fixture(scope="module")
-def stack():
-    stack = make_stack()
-    stack.start_api()
-    yield stack
-    stack.stop()
 
 
 def credits(stack, key: str) -> httpx.Response:

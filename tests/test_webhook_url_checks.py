@@ -11,7 +11,6 @@ import pytest
 
 from tests import image_factory
 from tests.faults import balance
-from tests.stack import make_stack
 
 pytestmark = pytest.mark.e2e
 IMAGE = base64.b64encode(image_factory.png(96, 96)).decode()
@@ -25,14 +24,6 @@ BAD_URLS = [
     "ftp://hooks.example.com/a",
     "https:///no-host",
 ]
-
-
-@pytest.fixture(scope="module")
-def stack():
-    stack = make_stack()
-    stack.start_api()
-    yield stack
-    stack.stop()
 
 
 def submit(stack, key: str, body: dict) -> httpx.Response:

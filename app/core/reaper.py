@@ -19,10 +19,10 @@ import redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-from app.core import admission, job_metrics
-from app.core.deadlines import end_past_deadlines
+from app.core import admission
+from app.core.deadlines import end_past_deadlines, record_failed
 from app.core.errors import UnreadableRecord
-from app.core.job_spec import Status, base_model_of
+from app.core.job_spec import base_model_of
 from app.core.lifecycle import Lifecycle, as_text
 from app.core.redis_keys import RedisKeys, RequestField
 
@@ -143,16 +143,7 @@ def hand_back(
 def _settle(client: redis.Redis, keys: RedisKeys, request_id: str, base_model: str, outcome: str) -> None:
     """Metrics and logs of an end the Lua step made (refund included)."""
     if outcome in ("FAILED", "EXPIRED"):
-        with client.pipeline(transaction=False) as pipe:
-            job_metrics.record_job(
-                pipe,
-                keys,
-                base_model=base_model,
-                status=Status.FAILED.value,
-                queue_time_s=None,
-                inference_time_s=None,
-            )
-            pipe.execute()
+        record_failed(client, keys, base_model)
     if outcome == "EXPIRED":
         log.warning("expired in queue", extra={"request_id": request_id})
     elif outcome in ("FAILED", "REQUEUED"):
