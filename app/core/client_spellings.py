@@ -81,8 +81,8 @@ def scheduler_name(sent: str) -> str:
     lowered = sent.strip().lower()
     if lowered in _BY_LOWER_NAME:
         return _BY_LOWER_NAME[lowered]
-    base, karras, _ = lowered.partition("_karras")
-    if base in SAMPLER_IDS and not _:
+    base, karras, after = lowered.partition("_karras")
+    if base in SAMPLER_IDS and not after:
         name = SAMPLER_IDS[base] + (" Karras" if karras else "")
         if name in SCHEDULER_NAMES:
             return name
