@@ -54,9 +54,9 @@ def test_accepted_formats_decode_to_rgb_at_their_size(maker, settings):
     assert close(prepared.image.getpixel((310, 230)), f.BLUE)
 
 
-def test_prepared_png_is_a_lossless_copy_of_the_image(settings):
-    prepared = prepare_image(f.jpeg(320, 240), settings)
-    decoded = Image.open(io.BytesIO(prepared.png))
+def test_a_transformed_image_is_handed_off_as_a_lossless_png(settings):
+    prepared = prepare_image(f.jpeg(321, 241), settings)  # sides rounded down to 320x240: resized
+    decoded = Image.open(io.BytesIO(prepared.handoff))
     assert decoded.format == "PNG" and decoded.mode == "RGB"
     assert decoded.size == (prepared.width, prepared.height)
     assert decoded.tobytes() == prepared.image.tobytes()
@@ -71,7 +71,7 @@ def test_animated_gif_keeps_the_first_frame(settings):
 
 def test_same_bytes_give_the_same_result(settings):
     data = f.jpeg(1000, 750)
-    assert prepare_image(data, settings).png == prepare_image(data, settings).png
+    assert prepare_image(data, settings).handoff == prepare_image(data, settings).handoff
 
 
 def test_the_shipped_sample_image_is_accepted(settings):

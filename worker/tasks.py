@@ -9,21 +9,22 @@ the reason and its credits back; only the process's own death is left to the rea
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import time
 from typing import Any
 
 import redis
-from PIL import Image
 from rq import get_current_job
 
 from app.core import eta, job_metrics
 from app.core.content_blocks import BLOCKED_STATUS, OUTPUT_FLAGGED, PROMPT_BLOCKED
+from app.core.errors import ServiceError
+from app.core.image_handoff import decode_handoff
 from app.core.job_spec import CANCELLED, DEADLINE_EXCEEDED, JobSpec, Status
 from app.core.lifecycle import as_text, completed_fields, failed_fields
 from app.core.logging_setup import bind_request_id, request_id_var
 from app.core.redis_keys import RequestField
+from worker import gpu_faults
 from worker.batch_claims import claim_companions, forget_rq_jobs
 from worker.job_context import WorkerContext, installed_context
 from worker.job_watch import JobWatch
@@ -86,6 +87,9 @@ def _run(ctx: WorkerContext, request_id: str) -> str:
         ctx.orphans.update(held)
         raise
     except Exception as exc:
+        if gpu_faults.is_fatal_device_error(exc):
+            # The CUDA context is poisoned: the requests go back to their queues, the process exits.
+            gpu_faults.exit_for_device_error(ctx, held, exc)
         # Anything else (a corrupt stored input, a spec this version cannot read, a bug before the
         # engine runs) would leave the requests PROCESSING for ever under this worker's live
         # heartbeat, their credits held: each ends FAILED with the reason, refunded, in finish's step.
@@ -144,28 +148,33 @@ def _generate(ctx: WorkerContext, jobs: list[tuple[JobSpec, bytes]]) -> dict[str
     """Runs `jobs` in one engine call and ends each request; {request id: outcome}.
 
     A cancel of any request stops the call: the cancelled ones end FAILED "cancelled", the others
-    run again (still held by this worker). An engine error fails them all with its reason."""
+    run again (still held by this worker). Out of GPU memory, the batch runs again in halves (a
+    request alone once more), and a request that still does not fit ends FAILED "out of GPU memory"
+    (worker/gpu_faults.py). Any other engine error fails them all with its reason."""
     from worker.engine import GenerationRequest
     from worker.errors import JobCancelled, JobInputError, ModelLoadError
 
-    batch = [
-        GenerationRequest(spec=spec, image=Image.open(io.BytesIO(data)).convert("RGB")) for spec, data in jobs
-    ]
+    batch = [GenerationRequest(spec=spec, image=decode_handoff(data)) for spec, data in jobs]
     outcomes: dict[str, str] = {}
+    # The engine calls still to make: (requests, whether they already run again after an out of memory).
+    pending: list[tuple[list[Any], bool]] = [(batch, False)]
 
     def fail_all(error: str, error_status: int) -> dict[str, str]:
-        for job in batch:
+        for job in [*batch, *(job for rest, _ in pending for job in rest)]:
             outcomes[job.spec.request_id] = _fail(ctx, job.spec, error, error_status)
         return outcomes
 
-    while batch:
+    while pending:
+        batch, retried = pending.pop(0)
         watch = JobWatch(ctx, [job.spec for job in batch])
+        results = None
         try:
             results = ctx.engine.generate(batch, on_step=watch.on_step, should_cancel=watch.should_cancel)
         except JobCancelled:
             batch = _drop_stopped(ctx, batch, watch, outcomes)
             if batch:
                 log.info("batch restarted without its stopped requests", extra={"batch_size": len(batch)})
+                pending.insert(0, (batch, retried))
             continue
         except JobInputError as exc:
             return fail_all(str(exc), 400)
@@ -174,16 +183,34 @@ def _generate(ctx: WorkerContext, jobs: list[tuple[JobSpec, bytes]]) -> dict[str
         except redis.RedisError:
             raise  # Redis failed under the job: `_run` hands the requests back once Redis answers
         except Exception as exc:
-            log.exception("generation failed")
-            return fail_all(f"generation failed: {type(exc).__name__}: {exc}", 500)
+            if gpu_faults.is_fatal_device_error(exc):
+                raise  # the CUDA context is poisoned: `_run` hands the requests back, the worker exits
+            if not gpu_faults.is_out_of_memory(exc):
+                log.exception("generation failed")
+                return fail_all(f"generation failed: {type(exc).__name__}: {exc}", 500)
+        if results is None:
+            # Out of GPU memory. Freed here, once the exception has let go of the failed call's frames.
+            gpu_faults.free_cached_memory()
+            again = gpu_faults.split_after_out_of_memory(batch, retried)
+            log.warning(
+                "out of GPU memory", extra={"batch_size": len(batch), "runs_again": [len(b) for b in again]}
+            )
+            pending[:0] = [(part, True) for part in again]
+            if not again:
+                outcomes[batch[0].spec.request_id] = _fail(ctx, batch[0].spec, gpu_faults.OUT_OF_MEMORY, 500)
+            continue
         for job, result in zip(batch, results, strict=True):
-            if ctx.moderation is not None and ctx.moderation.outputs_flagged(job.spec, result.images):
+            if isinstance(result, ServiceError):  # this job alone was refused (prompt too long, NaN output)
+                outcomes[job.spec.request_id] = _fail(ctx, job.spec, result.message, result.status_code)
+            elif ctx.moderation is not None and ctx.moderation.outputs_flagged(job.spec, result.images):
                 # Checked before anything is stored: a flagged output is never kept (CONTRACT 3c).
                 outcomes[job.spec.request_id] = _fail(ctx, job.spec, OUTPUT_FLAGGED, BLOCKED_STATUS)
             else:
                 outcomes[job.spec.request_id] = _complete(ctx, job.spec, result)
-        _record_step_time(ctx, [job.spec for job in batch if outcomes[job.spec.request_id] == "completed"])
-        return outcomes
+        if not retried:  # (after an out of memory, the time since the start counts the failed calls)
+            _record_step_time(
+                ctx, [job.spec for job in batch if outcomes[job.spec.request_id] == "completed"]
+            )
     return outcomes
 
 

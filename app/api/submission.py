@@ -113,7 +113,7 @@ class Submitter:
         )
         try:
             await anyio.to_thread.run_sync(
-                self._enqueue, spec, image.png, params.webhook_url, base_url, options
+                self._enqueue, spec, image.handoff, params.webhook_url, base_url, options
             )
         except (redis.RedisError, ReservationLost):
             # Give the credits back now if Redis lets us (else the reaper will). The EXEC may have
@@ -126,7 +126,7 @@ class Submitter:
         )
 
     def _enqueue(
-        self, spec: JobSpec, png: bytes, webhook_url: str | None, base_url: str, options: RequestOptions
+        self, spec: JobSpec, image: bytes, webhook_url: str | None, base_url: str, options: RequestOptions
     ) -> None:
         request_key = self.keys.request(spec.request_id)
         record = {
@@ -153,7 +153,7 @@ class Submitter:
             pipe.multi()  # explicit: rq then adds its commands to this same MULTI/EXEC
             pipe.hset(request_key, mapping=record)
             pipe.expire(request_key, ttl)
-            pipe.set(spec.input_key, png, ex=ttl)
+            pipe.set(spec.input_key, image, ex=ttl)
             pipe.zadd(self.keys.queued, {spec.request_id: spec.created_at})
             pipe.zrem(self.keys.reservations, spec.request_id)
             options.write(pipe, self.keys, spec, ttl)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from app.core.errors import InvalidInput
+from app.core.image_handoff import passes_as_is, png_handoff
 from app.core.settings import Settings
 
 MIN_SIDE = 64
@@ -59,7 +60,9 @@ _PIXEL_LIMIT_LOCK = threading.Lock()
 class PreparedImage:
     """The normalised input: RGB, at the working resolution (both sides multiples of 8)."""
 
-    png: bytes  # PNG of `image`: a lossless hand-off to the worker
+    # What the worker gets (app.core.image_handoff): the upload itself when it already is `image`,
+    # else a lossless PNG of `image`.
+    handoff: bytes
     width: int
     height: int
     image: Image.Image
@@ -92,6 +95,7 @@ DECODE_BYTES_PER_PIXEL_BY_FORMAT = {"WEBP": 18}
 class OpenedImage:
     """An image whose header has been read and checked, not yet decoded."""
 
+    data: bytes
     im: ImageFile.ImageFile
     header_size: tuple[int, int]
     target: tuple[int, int]
@@ -134,11 +138,23 @@ def open_image(data: bytes, settings: Settings, resize_to: tuple[int, int] | Non
         # the size we resize to (draft keeps each side >= the size asked for).
         need = _scale_needed(width, height, target, resize_to)
         im.draft("RGB", (math.ceil(width * need), math.ceil(height * need)))
-    return OpenedImage(im=im, header_size=(width, height), target=target, resize_to=resize_to)
+    return OpenedImage(data=data, im=im, header_size=(width, height), target=target, resize_to=resize_to)
 
 
 def decode_opened(opened: OpenedImage) -> PreparedImage:
-    """Decode every pixel, orient, shrink and convert to RGB, then hand off as PNG (CPU bound)."""
+    """Decode every pixel (truncated or corrupt data is refused here, at submission), then the
+    hand-off: the upload's own bytes when they already are the working image, else the image
+    oriented, shrunk and converted to RGB, as a PNG (CPU bound)."""
+    im = opened.im
+    _load_fully(im)
+    if passes_as_is(im, opened.header_size, opened.target):
+        return PreparedImage(handoff=opened.data, width=im.width, height=im.height, image=im)
+    rgb = normalise(opened)
+    return PreparedImage(handoff=png_handoff(rgb), width=rgb.width, height=rgb.height, image=rgb)
+
+
+def normalise(opened: OpenedImage) -> Image.Image:
+    """The decoded image oriented (EXIF), converted to RGB and resized to the working resolution."""
     im, target, resize_to = opened.im, opened.target, opened.resize_to
     _load_fully(im)
     # A large decoded image is divided by an integer factor first, in its own mode, so that the
@@ -155,11 +171,7 @@ def decode_opened(opened: OpenedImage) -> PreparedImage:
     del im, upright  # the full-size buffers go before the resize allocates
     if rgb.size != target:
         rgb = rgb.resize(target, Image.Resampling.LANCZOS)
-
-    out = io.BytesIO()
-    # Fast compression: the PNG only travels to the worker through Redis, and stays lossless.
-    rgb.save(out, format="PNG", compress_level=1)
-    return PreparedImage(png=out.getvalue(), width=rgb.width, height=rgb.height, image=rgb)
+    return rgb
 
 
 def _scale_needed(
