@@ -13,19 +13,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 from PIL import Image
 
+from app.core.errors import ServiceError
 from app.core.job_spec import JobSpec
 from app.core.models_config import ModelsConfig
 from app.core.settings import Settings
 from worker.device import pick_device
 from worker.encode import content_type, encode_image
-from worker.errors import JobCancelled
+from worker.errors import JobCancelled, PromptTooLong, UnusableOutput
 from worker.fast_path import prepare, resolve
 from worker.loading import load_pipeline
+from worker.output_checks import unusable_output
 from worker.pipelines import PipelineCache
+from worker.prompt_limits import check_prompt_tokens
 from worker.prompts import PromptEmbeddings, PromptEncoder
 from worker.schedulers import build_scheduler, scheduler_class
 
@@ -58,6 +62,10 @@ def batch_key(spec: JobSpec) -> tuple:
         spec.guidance_scale,
     )
 
+
+# What the engine answers for one job: its result, or why that job alone was refused (a prompt over
+# SDXL_MAX_PROMPT_TOKENS, an output that is not an image); the other jobs of its batch are unaffected.
+JobOutcome = GenerationResult | ServiceError
 
 StepCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
@@ -99,7 +107,7 @@ class Engine:
         *,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
-    ) -> list[GenerationResult]:
+    ) -> list[JobOutcome]:
         if not batch:
             return []
         first = batch[0].spec
@@ -110,30 +118,43 @@ class Engine:
         pipe = self.pipelines.get(first.base_model)
 
         started = time.perf_counter()
+        outcomes: list[list[Image.Image] | ServiceError] = [[] for _ in batch]
+        runnable: list[int] = []
+        for index, request in enumerate(batch):
+            try:  # tokenizers only: an over-long prompt is refused before any encoder runs
+                check_prompt_tokens(pipe, request.spec, self.settings.max_prompt_tokens)
+                runnable.append(index)
+            except PromptTooLong as exc:
+                outcomes[index] = exc
         with torch.inference_mode():
             encoder = PromptEncoder(pipe, self.device)
-            prompts = [encoder.encode(r.spec.prompt, r.spec.negative_prompt) for r in batch]
+            prompts = {
+                i: encoder.encode(batch[i].spec.prompt, batch[i].spec.negative_prompt) for i in runnable
+            }
             # Prompts of different lengths (in 77-token windows) would have to be padded to run
             # together, and padding changes the image: jobs run in groups of equal length instead.
             groups: dict[int, list[int]] = {}
-            for index, embeddings in enumerate(prompts):
+            for index, embeddings in prompts.items():
                 groups.setdefault(embeddings.tokens, []).append(index)
-            images: list[list[Image.Image]] = [[] for _ in batch]
             progress = _Progress(on_step, should_cancel, calls=len(groups))
             for indices in groups.values():
                 outputs = self._run(
                     pipe, [batch[i] for i in indices], [prompts[i] for i in indices], progress
                 )
-                for i, job_images in zip(indices, outputs, strict=True):
-                    images[i] = job_images
+                for i, job_outcome in zip(indices, outputs, strict=True):
+                    outcomes[i] = job_outcome
                 progress.next_call()
         encoded = [
-            [encode_image(image, r.spec.output_format, r.spec.output_quality) for image in job_images]
-            for r, job_images in zip(batch, images, strict=True)
+            outcome
+            if isinstance(outcome, ServiceError)
+            else [encode_image(image, r.spec.output_format, r.spec.output_quality) for image in outcome]
+            for r, outcome in zip(batch, outcomes, strict=True)
         ]
         elapsed = time.perf_counter() - started
         return [
-            GenerationResult(
+            data
+            if isinstance(data, ServiceError)
+            else GenerationResult(
                 images=data,
                 content_type=content_type(r.spec.output_format),
                 seeds=r.spec.seeds(),
@@ -148,7 +169,8 @@ class Engine:
         jobs: list[GenerationRequest],
         prompts: list[PromptEmbeddings],
         progress: _Progress,
-    ) -> list[list[Image.Image]]:
+    ) -> list[list[Image.Image] | ServiceError]:
+        """One pipeline call; per job its images, or UnusableOutput if one of them is not an image."""
         spec = jobs[0].spec
         seeds = [seed for job in jobs for seed in job.spec.seeds()]
         repeats = [job.spec.samples for job in jobs]
@@ -169,14 +191,20 @@ class Engine:
             num_inference_steps=spec.num_inference_steps,
             guidance_scale=spec.guidance_scale,
             generator=[torch.Generator(self.device).manual_seed(seed) for seed in seeds],
-            output_type="pil",
+            # Floats, not PIL: a NaN is still visible here (PIL would make it a black pixel). The same
+            # bytes as "pil", which is this array through the same numpy_to_pil.
+            output_type="np",
             callback_on_step_end=progress,
         )
-        out: list[list[Image.Image]] = []
+        out: list[list[Image.Image] | ServiceError] = []
         position = 0
-        for n in repeats:
-            out.append(list(result.images[position : position + n]))
+        for job, n in zip(jobs, repeats, strict=True):
+            decoded: np.ndarray = result.images[position : position + n]
             position += n
+            if any(unusable_output(image, job.image) for image in decoded):
+                out.append(UnusableOutput())
+            else:
+                out.append(view.image_processor.numpy_to_pil(decoded))
         return out
 
     def _dry_run(self, name: str, width: int = 64, height: int = 64) -> None:
@@ -259,4 +287,4 @@ class _Progress:
         self._last = 0
 
 
-__all__ = ["Engine", "GenerationRequest", "GenerationResult", "batch_key", "per_job_pipeline"]
+__all__ = ["Engine", "GenerationRequest", "GenerationResult", "JobOutcome", "batch_key", "per_job_pipeline"]

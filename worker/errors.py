@@ -3,7 +3,7 @@ status it deserves (`status_code`) and a message for a person (`message`), never
 
 from __future__ import annotations
 
-from app.core.errors import InvalidInput, ServiceError
+from app.core.errors import InvalidInput, RequestFailed, ServiceError
 from app.core.job_spec import CANCELLED
 from app.core.settings import SettingsError
 
@@ -22,6 +22,24 @@ class UnknownModel(JobInputError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"unknown base_model {name!r} (known: {', '.join(known)})")
         self.name = name
+
+
+class PromptTooLong(JobInputError):
+    """More CLIP tokens than SDXL_MAX_PROMPT_TOKENS (CONTRACT 3b): one credit must not buy an
+    unbounded number of 77-token windows through the text encoders and the UNet's attention."""
+
+    def __init__(self, field: str, tokens: int, limit: int) -> None:
+        super().__init__(f"{field} is too long: {tokens:,} CLIP tokens, the limit is {limit:,}")
+        self.field = field
+        self.tokens = tokens
+        self.limit = limit
+
+
+class UnusableOutput(RequestFailed):
+    """An output of the request came out NaN (or infinite), or all black from an input that is not:
+    never stored nor charged (422, as a content block: the request was valid, its result is not)."""
+
+    default_message = "the output was not a usable image (NaN or all black) for these inputs"
 
 
 class ModelLoadError(ServiceError):

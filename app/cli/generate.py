@@ -134,6 +134,8 @@ def _generate(settings: Any, models: Any, params: Any, prepared: Any, out: Path)
     started = time.perf_counter()
     engine = Engine(settings, models)
     [result] = engine.generate([GenerationRequest(spec=spec, image=prepared.image)])
+    if isinstance(result, ServiceError):  # refused (prompt too long, an output that is not an image)
+        raise result
     paths = output_paths(out, spec.samples)
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, data, seed in zip(paths, result.images, result.seeds, strict=True):

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     )
     # Most images one pipeline call makes (a request brings up to 4).
     max_batch_images: int = Field(8, ge=1, validation_alias=_env("SDXL_MAX_BATCH_IMAGES"))
+    # CLIP tokens (start and end tokens included) the prompt and the negative prompt may each have,
+    # counted by the workers with the model's own tokenizer (CONTRACT 3b): at least one window.
+    max_prompt_tokens: int = Field(1000, ge=77, validation_alias=_env("SDXL_MAX_PROMPT_TOKENS"))
     compile: Literal["auto", "off", "default", "max-autotune"] = Field(
         "auto", validation_alias=_env("SDXL_COMPILE")
     )

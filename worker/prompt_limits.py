@@ -1,0 +1,37 @@
+"""The CLIP-token cap on prompts (CONTRACT 3b: SDXL_MAX_PROMPT_TOKENS for the prompt and for the
+negative prompt each).
+
+Counted as worker/prompts.py windows them: the weight syntax is parsed first, each fragment is
+tokenized on its own (as compel does) without start and end tokens, and the prompt's start and end
+tokens are added once, so a plain prompt counts exactly `len(tokenizer(prompt).input_ids)`. SDXL's
+two tokenizers share one vocabulary, but the larger count is taken in case a model's do not. Only
+the tokenizers run (a few tens of milliseconds for 10,000 characters), never a text encoder, so an
+over-long prompt is refused for almost nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.job_spec import JobSpec
+from worker.errors import PromptTooLong
+from worker.prompts import parse_weighted
+
+START_AND_END = 2
+
+
+def clip_token_count(tokenizer: Any, prompt: str) -> int:
+    fragments = [text for text, _ in parse_weighted(prompt)]
+    ids = tokenizer(fragments, add_special_tokens=False, truncation=False, padding="do_not_pad")["input_ids"]
+    return sum(len(fragment_ids) for fragment_ids in ids) + START_AND_END
+
+
+def check_prompt_tokens(pipe: Any, spec: JobSpec, limit: int) -> None:
+    """Raises PromptTooLong naming the first of prompt and negative_prompt over `limit`."""
+    tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None]
+    for field, text in (("prompt", spec.prompt), ("negative_prompt", spec.negative_prompt)):
+        if not text:
+            continue
+        tokens = max(clip_token_count(tokenizer, text) for tokenizer in tokenizers)
+        if tokens > limit:
+            raise PromptTooLong(field, tokens, limit)
