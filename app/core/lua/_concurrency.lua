@@ -1,13 +1,20 @@
 -- Per-key concurrency (CONTRACT 10, `keys create --concurrency N`): at most N of a key's requests
--- PROCESSING at once, across every worker. Three sorted sets per limited key, named after its hash
--- (`<key hash key>:running|parked|released`), each expiring with the longest-lived of its requests:
+-- PROCESSING at once, across every worker, started in the order they were submitted. Three sorted
+-- sets per limited key, named after its hash (`<key hash key>:running|waiting|parked`), each
+-- expiring with the longest-lived of its requests:
 -- - running: its PROCESSING requests (score: start time);
--- - parked: QUEUED requests a worker popped while the key was at its limit (score: submission
---   time), out of every queue; they wait there, in order, never refused;
--- - released: parked requests put back at the front of their queue because a slot came free,
---   holding that slot until they start.
--- A request may start when running + released (others) < N and no parked request is older. Each
--- end frees a slot and releases the oldest parked ones into the free slots.
+-- - waiting: its QUEUED requests (score: submission time), from the reserve that admits one (or
+--   the reaper's requeue) to its start or end; their order is the order they may start in;
+-- - parked: the waiting requests a worker popped before their turn, out of every queue; they wait
+--   there, never refused, until an end makes it their turn and puts them back at the front of
+--   their queue.
+-- A request's turn: running + (waiting requests ahead of it) < N. Only ends make turns come (a
+-- start moves one request from waiting to running, a requeue one from running to waiting, ahead
+-- of the others: neither changes anyone's sum), so each end releases the parked requests whose
+-- turn it is. Deciding by the waiting order, not by who pops first, keeps two workers that pop
+-- two of the key's requests at once from starting the younger first.
+-- A key's requests start in order across all the models they ask for: one waiting in the queue of
+-- a model nobody serves holds one of the key's N slots until it expires in queue.
 -- Needs K.key_index and A.key_prefix (as refund does); the request's queue key is its F.QUEUE.
 
 local function key_slots(request)
@@ -18,13 +25,13 @@ local function key_slots(request)
   local key = A.key_prefix .. key_hash
   local limit = redis.call('HGET', key, KF.CONCURRENCY)
   if not limit then return nil end
-  return {limit = tonumber(limit), running = key .. ':running', parked = key .. ':parked',
-    released = key .. ':released'}
+  return {limit = tonumber(limit), running = key .. ':running', waiting = key .. ':waiting',
+    parked = key .. ':parked'}
 end
 
 local function outlive(set, request)
   local ttl = redis.call('TTL', request)
-  if ttl > redis.call('TTL', set) then redis.call('EXPIRE', set, ttl) end
+  if ttl > 0 and ttl > redis.call('TTL', set) then redis.call('EXPIRE', set, ttl) end
 end
 
 -- the request hash's key of another request id, from this script's own (same prefix)
@@ -32,62 +39,79 @@ local function request_key(request, request_id, other_id)
   return string.sub(request, 1, #request - #request_id) .. other_id
 end
 
-local function release_next(slots, request, request_id)
-  while redis.call('ZCARD', slots.running) + redis.call('ZCARD', slots.released) < slots.limit do
-    local oldest = redis.call('ZRANGE', slots.parked, 0, 0, 'WITHSCORES')
-    if not oldest[1] then return end
-    local id = oldest[1]
-    redis.call('ZREM', slots.parked, id)
-    local other = request_key(request, request_id, id)
-    local queue = redis.call('HGET', other, F.QUEUE)
-    if queue and redis.call('HGET', other, F.STATUS) == ST.QUEUED and redis.call('EXISTS', 'rq:job:' .. id) == 1 then
-      redis.call('HSET', 'rq:job:' .. id, 'status', 'queued')
-      redis.call('LPUSH', queue, id)
-      redis.call('ZADD', slots.released, oldest[2], id)
-      outlive(slots.released, other)
+local function wait_in_line(slots, request, request_id, score)
+  redis.call('ZADD', slots.waiting, 'NX', score, request_id)
+  outlive(slots.waiting, request)
+end
+
+-- the parked requests whose turn it now is go back to the front of their queue
+local function release_turns(slots, request, request_id)
+  local free = slots.limit - redis.call('ZCARD', slots.running)
+  if free <= 0 then return end
+  for _, id in ipairs(redis.call('ZRANGE', slots.waiting, 0, free - 1)) do
+    if redis.call('ZREM', slots.parked, id) == 1 then
+      local other = request_key(request, request_id, id)
+      local queue = redis.call('HGET', other, F.QUEUE)
+      if queue and redis.call('HGET', other, F.STATUS) == ST.QUEUED and redis.call('EXISTS', 'rq:job:' .. id) == 1 then
+        redis.call('HSET', 'rq:job:' .. id, 'status', 'queued')
+        redis.call('LPUSH', queue, id)
+      else
+        redis.call('ZREM', slots.waiting, id)  -- ended or gone without an end step: not a turn holder
+      end
     end
   end
 end
 
--- start.lua: true when the request may start now (it then holds a running slot), false when it
+-- reserve.lua: an admitted request of a limited key takes its place in line.
+local function join_line(request, request_id, now)
+  local slots = key_slots(request)
+  if slots then wait_in_line(slots, request, request_id, tonumber(now)) end
+end
+
+-- unreserve.lua: a reservation rolled back leaves the line (it would hold a turn for ever).
+local function leave_line(request, request_id)
+  local slots = key_slots(request)
+  if not slots then return end
+  redis.call('ZREM', slots.waiting, request_id)
+  release_turns(slots, request, request_id)
+end
+
+-- start.lua: true when it is the request's turn (it then holds a running slot), false when it
 -- was parked instead.
 local function take_slot(request, request_id, now)
   local slots = key_slots(request)
   if not slots then return true end
-  redis.call('ZREM', slots.released, request_id)
-  local created = tonumber(redis.call('HGET', request, F.CREATED_AT) or '0')
-  local oldest = redis.call('ZRANGE', slots.parked, 0, 0, 'WITHSCORES')
-  local ahead = oldest[1] and oldest[1] ~= request_id and tonumber(oldest[2]) < created
-  local taken = redis.call('ZCARD', slots.running) + redis.call('ZCARD', slots.released)
-  if ahead or taken >= slots.limit then
-    redis.call('ZADD', slots.parked, created, request_id)
+  wait_in_line(slots, request, request_id, tonumber(redis.call('HGET', request, F.CREATED_AT) or now))
+  local ahead = redis.call('ZRANK', slots.waiting, request_id)
+  if redis.call('ZCARD', slots.running) + ahead >= slots.limit then
+    redis.call('ZADD', slots.parked, 0, request_id)
     outlive(slots.parked, request)
-    release_next(slots, request, request_id)  -- the older parked ones, when slots are free
     return false
   end
+  redis.call('ZREM', slots.waiting, request_id)
   redis.call('ZREM', slots.parked, request_id)
   redis.call('ZADD', slots.running, now, request_id)
   outlive(slots.running, request)
   return true
 end
 
--- end_request: the request leaves every set, and its slot goes to the oldest parked.
+-- end_request: the request leaves every set, and the turns it held or waited ahead of come.
 local function free_slot(request, request_id)
   local slots = key_slots(request)
   if not slots then return end
   redis.call('ZREM', slots.running, request_id)
+  redis.call('ZREM', slots.waiting, request_id)
   redis.call('ZREM', slots.parked, request_id)
-  redis.call('ZREM', slots.released, request_id)
-  release_next(slots, request, request_id)
+  release_turns(slots, request, request_id)
 end
 
--- reap.lua: a PROCESSING request put back at the front of its queue keeps its slot until it starts.
+-- reap.lua: a PROCESSING request put back at the front of its queue goes back in line where it
+-- was (by its submission time), ahead of the key's younger requests.
 local function requeue_slot(request, request_id)
   local slots = key_slots(request)
   if not slots then return end
   redis.call('ZREM', slots.running, request_id)
-  redis.call('ZADD', slots.released, tonumber(redis.call('HGET', request, F.CREATED_AT) or '0'), request_id)
-  outlive(slots.released, request)
+  wait_in_line(slots, request, request_id, tonumber(redis.call('HGET', request, F.CREATED_AT) or '0'))
 end
 
 -- strand.lua: a parked request is in no queue on purpose.

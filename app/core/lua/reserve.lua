@@ -26,5 +26,6 @@ if key_hash then
 end
 redis.call('HSET', K.request, F.KEY_ID, A.key_id, F.COST, cost)
 if tonumber(A.ttl) > 0 then redis.call('EXPIRE', K.request, A.ttl) end
+join_line(K.request, A.request_id, A.now)  -- a key with a concurrency limit starts its requests in this order
 redis.call('ZADD', K.reservations, A.now, A.request_id)
 return {3, balance}

@@ -7,5 +7,6 @@
 redis.call('ZREM', K.reservations, A.request_id)
 if redis.call('HEXISTS', K.request, F.STATUS) == 1 then return 'KEPT' end
 refund(K.request)
+leave_line(K.request, A.request_id)
 redis.call('DEL', K.request)
 return 'ROLLED_BACK'
