@@ -80,7 +80,7 @@ def test_a_key_limited_to_one_runs_one_at_a_time_in_order_on_two_workers(stack):
             ids.append(answer.json()["request_id"])
         watch = Watch(stack, ids)
         watch.start()
-        wait_until(lambda: status_of(stack, ids[0]) == "PROCESSING", 30, "the first to start")
+        wait_until(lambda: status_of(stack, ids[0]) == "PROCESSING", 90, "the first to start")
         # The other worker is not held up by the limited key's waiting requests.
         free = other_http.post(f"/v2/{SLUG}", json={"image": IMAGE, "prompt": "p", **FAST})
         assert end_status(other_http, free.json()["request_id"])["status"] == "COMPLETED"
@@ -105,7 +105,7 @@ def test_a_cancelled_parked_request_lets_the_next_one_run(stack):
     key = stack.create_key(name="cancel-parked", concurrency=1)
     with httpx.Client(base_url=stack.base_url, headers={"x-api-key": key}, timeout=60) as http:
         ids = [http.post(f"/v2/{SLUG}", json=slow_job(128, steps=50)).json()["request_id"] for _ in range(3)]
-        wait_until(lambda: status_of(stack, ids[0]) == "PROCESSING", 30, "the first to start")
+        wait_until(lambda: status_of(stack, ids[0]) == "PROCESSING", 90, "the first to start")
         assert http.delete(f"/v2/requests/{ids[1]}").status_code == 202
         statuses = [end_status(http, i) for i in ids]
     assert [s["status"] for s in statuses] == ["COMPLETED", "FAILED", "COMPLETED"]
