@@ -48,11 +48,13 @@ class Stack:
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.env["REDIS_URL"])
 
-    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None, module: str = "app.cli"
+    ) -> subprocess.Popen:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         log = open(LOG_DIR / f"{self.prefix}-{name}-{uuid.uuid4().hex[:4]}.log", "wb")  # noqa: SIM115
         return subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
+            [sys.executable, "-m", module, *args],
             env={**self.env, **(env or {})},
             cwd=REPO_ROOT,
             stdout=log,
@@ -63,9 +65,16 @@ class Stack:
         self.api = self._spawn("api", "api", "--port", str(self.port))
         self.wait_for(lambda: self._get("/healthz") == 200, "the API to answer")
 
-    def start_worker(self, models: str = "tiny", env: dict[str, str] | None = None, wait: bool = True):
+    def start_worker(
+        self,
+        models: str = "tiny",
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        module: str = "app.cli",
+    ):
+        """`module`: what `python -m` runs, the `sdxl-img2img` command (app.cli) or a wrapper of it."""
         before = self.live_workers()
-        process = self._spawn("worker", "worker", "--models", models, env=env)
+        process = self._spawn("worker", "worker", "--models", models, env=env, module=module)
         self.workers.append(process)
         if wait:
             self.wait_for(

@@ -3,6 +3,7 @@ the requests it must hand back), installed once by the worker service for the RQ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,9 @@ class WorkerContext:
     max_batch_images: int = 8  # SDXL_MAX_BATCH_IMAGES: most images in one engine call
     batch_window_s: float = 0.0  # SDXL_BATCH_WINDOW_MS: time given to companions to arrive
     moderation: Any = None  # worker.moderation.Moderation (content blocks); None: none apply
+    # Stops the heartbeat thread and takes this worker out of the registries (worker/service.py):
+    # a worker about to exit on a fatal device error must not be announced alive again.
+    stop_heartbeat: Callable[[], None] | None = None
 
 
 _context: WorkerContext | None = None

@@ -158,6 +158,9 @@ class Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            # A beat in flight would write the heartbeat key again after the delete below.
+            self.join(timeout=5)
         with contextlib.suppress(redis.RedisError):
             self.client.delete(self.context.keys.worker(self.context.worker_id))
             worker_registry.unregister(self.client, self.context.keys, self.context.worker_id, self.models)
@@ -242,6 +245,7 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
     context.moderation = moderation
     install_context(context)
     heartbeat = Heartbeat(settings, context, model_names, engine_info=lambda: device_info(engine))
+    context.stop_heartbeat = heartbeat.stop
     heartbeat.beat()
     heartbeat.start()
 
