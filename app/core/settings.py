@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     webhook_secret: str | None = Field(None, validation_alias=_env("SDXL_WEBHOOK_SECRET"))
     # First webhook retry delay; each next one doubles (1, 2, 4, 8, 16 s by default).
     webhook_backoff_s: float = Field(1.0, gt=0, validation_alias=_env("SDXL_WEBHOOK_BACKOFF_S"))
+    # Webhook POSTs in flight at once per API process, and of those at most `per_host` to one
+    # `hostname:port`: one receiver that hangs holds at most that many (app/core/webhook_hosts.py).
+    webhook_concurrency: int = Field(16, ge=1, validation_alias=_env("SDXL_WEBHOOK_CONCURRENCY"))
+    webhook_per_host: int = Field(4, ge=1, validation_alias=_env("SDXL_WEBHOOK_PER_HOST"))
+    # Wall-clock bound on one webhook attempt (resolve, connect, send, answer's headers): a receiver
+    # that trickles bytes cannot stretch it.
+    webhook_timeout_s: float = Field(5.0, gt=0, le=60, validation_alias=_env("SDXL_WEBHOOK_TIMEOUT_S"))
     worker_models: str = Field("", validation_alias=_env("SDXL_WORKER_MODELS"))
     # The fast path (CONTRACT 11). None / "auto": the device decides (worker/fast_path.py): on CUDA
     # batching, channels_last, fused QKV and torch.compile are on; on the CPU they are off.

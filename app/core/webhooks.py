@@ -15,8 +15,13 @@ How a delivery flows, and why:
   (`retry_delay_s`: base, 2 base, 4 base... with `SDXL_WEBHOOK_BACKOFF_S` as base), 1 + 5 attempts
   in all; a refused address is never retried;
 - the POST goes through app/fetch.py's address checks (resolved once, every address checked,
-  connected to the checked address), follows no redirect, and has a 5 s connect and 10 s total
-  deadline.
+  connected to the checked address), follows no redirect, and has a 2 s connect deadline and a
+  wall-clock bound on the whole attempt (`SDXL_WEBHOOK_TIMEOUT_S`, 5 s): httpx's own timeouts are
+  per read, so a receiver trickling bytes would otherwise hold a slot for ever;
+- fairness: `SDXL_WEBHOOK_CONCURRENCY` POSTs in flight per process, at most `SDXL_WEBHOOK_PER_HOST`
+  of them to one host (app/core/webhook_hosts.py). A claimed attempt whose host is full is put back
+  unmade (app/core/lua/webhook_defer.lua: same attempt number, due again in DEFER_S), so a host
+  that hangs delays its own deliveries, not the other tenants'.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import ssl
 from dataclasses import dataclass
 from enum import StrEnum
@@ -52,18 +58,20 @@ from app.core.redis_clients import BLOCKING_SLICE_S
 from app.core.redis_keys import RedisKeys, RequestField
 from app.core.request_records import RequestRecord
 from app.core.settings import Settings
+from app.core.webhook_hosts import DEFAULT_PORTS, HostSlots, host_key
 
 log = logging.getLogger("sdxl.webhooks")
 
 MAX_RETRIES = 5  # CONTRACT 6: "retried with backoff up to 5 times"
 ATTEMPTS = 1 + MAX_RETRIES
-CONNECT_TIMEOUT_S = 5.0
-TOTAL_TIMEOUT_S = 10.0
-# A claimed attempt's next attempt comes due after this if nobody reports back (the process died).
-LEASE_S = TOTAL_TIMEOUT_S + 5.0
-MAX_IN_FLIGHT = 16  # concurrent POSTs per API process: one slow receiver does not hold up the rest
+CONNECT_TIMEOUT_S = 2.0  # at most; never above the attempt's whole bound
+# A claimed attempt's next attempt comes due this long after the attempt's bound if nobody reports
+# back (the process died).
+LEASE_MARGIN_S = 5.0
+# A claimed attempt whose host is full is due again after a random delay in this range: soon enough
+# to take a slot that frees, spread so that a host's put-back attempts do not all return at once.
+DEFER_S = (0.2, 1.0)
 USER_AGENT = "sdxl-img2img-webhook/1"
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 # --- pure pieces ---------------------------------------------------------------------------------
@@ -145,8 +153,10 @@ async def post(
     policy: AddressPolicy,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    timeout_s: float = 5.0,
 ) -> int:
-    """POST `body` to `url` at an address checked by `policy`; returns the HTTP status.
+    """POST `body` to `url` at an address checked by `policy`; returns the HTTP status. The whole
+    call (resolve, connect, send, the answer's status line and headers) ends within `timeout_s`.
 
     Raises Refused when it must not be sent; InvalidInput (the host did not resolve),
     httpx.HTTPError or TimeoutError when it could not be sent this time."""
@@ -154,11 +164,11 @@ async def post(
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):
         raise Refused("webhook_url is not a valid URL") from None
-    if parsed.scheme not in _DEFAULT_PORTS or not parsed.raw_host:
+    if parsed.scheme not in DEFAULT_PORTS or not parsed.raw_host:
         raise Refused("webhook_url must be an http(s) URL with a host")
     host = parsed.raw_host.decode("ascii")
-    port = parsed.port or _DEFAULT_PORTS[parsed.scheme]
-    with anyio.fail_after(TOTAL_TIMEOUT_S):
+    port = parsed.port or DEFAULT_PORTS[parsed.scheme]
+    with anyio.fail_after(timeout_s):  # wall clock: httpx's timeouts below are per read
         try:
             addresses = await checked_addresses(host, port, policy, what="webhook_url")
         except AddressRefused as exc:
@@ -169,7 +179,7 @@ async def post(
         async with httpx.AsyncClient(
             trust_env=False,
             follow_redirects=False,
-            timeout=httpx.Timeout(TOTAL_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            timeout=httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
             verify=ssl_context or ssl.create_default_context(),
         ) as client:
             failure: Exception | None = None
@@ -211,13 +221,21 @@ class Deliverer:
         self.aio = aio
         self.policy = policy or default_policy(settings)
         self.ssl_context = ssl_context
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.hosts = HostSlots(settings.webhook_per_host)
+        self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S
+        self._tasks: set[asyncio.Task[Outcome]] = set()
 
     async def run(self) -> None:
         """Forever; Redis outages are waited out. Cancel the task to stop (in-flight POSTs stop too:
         their next attempt comes due after the lease)."""
+        this = asyncio.current_task()
         try:
             while True:
+                # Python 3.11's asyncio.wait_for, which redis-py wraps around every command it
+                # writes, returns normally when a cancel lands as the write completes: the cancel is
+                # lost but still counted here, so the loop stops anyway (else shutdown hangs).
+                if this is not None and this.cancelling():
+                    raise asyncio.CancelledError
                 try:
                     await self.step()
                 except redis.RedisError as exc:
@@ -234,26 +252,31 @@ class Deliverer:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def step(self) -> None:
-        """Claim what is due (as many as there are free slots) and start it; else wait for a wake-up
-        token or the next due time, at most BLOCKING_SLICE_S (below the Redis socket timeout)."""
-        free = MAX_IN_FLIGHT - len(self._tasks)
+        """Claim what is due (as many as there are free slots) and start it, or put it back when its
+        host is full; else wait for a wake-up token or the next due time, at most BLOCKING_SLICE_S
+        (below the Redis socket timeout)."""
+        free = self.settings.webhook_concurrency - len(self._tasks)
         claimed, wait = await lua_scripts.run(
             self.aio,
             "webhook_claim",
             keys={"deliveries": self.keys.webhooks},
-            args={"most": free, "lease": LEASE_S, "attempts": ATTEMPTS},
+            args={"most": free, "lease": self.lease_s, "attempts": ATTEMPTS},
         )
+        parsed: list[tuple[int, str]] = []
         for value in claimed:
             try:
-                attempt, request_id = parse_member(value)
+                parsed.append(parse_member(value))
             except ValueError:
                 # One bad record fails alone: dropped, and said, instead of stopping every delivery.
                 await self.aio.zrem(self.keys.webhooks, value)
                 log.error("webhooks: unreadable delivery dropped", extra={"member": repr(value)[:120]})
-                continue
-            task = asyncio.create_task(self.deliver(request_id, attempt))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        urls = await self._webhook_urls([request_id for _, request_id in parsed])
+        for (attempt, request_id), url in zip(parsed, urls, strict=True):
+            host = host_key(url) if url else None
+            if self.hosts.take(host):
+                self._start(request_id, attempt, host)
+            else:
+                await self._defer(request_id, attempt)
         if claimed:
             return
         if free == 0:
@@ -262,6 +285,35 @@ class Deliverer:
         wait_s = float(wait)
         timeout = BLOCKING_SLICE_S if wait_s < 0 else min(BLOCKING_SLICE_S, max(wait_s, 0.01))
         await self.aio.blpop([self.keys.webhook_wake], timeout=timeout)
+
+    async def _webhook_urls(self, request_ids: list[str]) -> list[str | None]:
+        """Each request's webhook URL (None: the record is gone; its attempt finds that out)."""
+        if not request_ids:
+            return []
+        async with self.aio.pipeline(transaction=False) as pipe:
+            for request_id in request_ids:
+                pipe.hget(self.keys.request(request_id), RequestField.WEBHOOK)
+            return [None if url is None else as_text(url) for url in await pipe.execute()]
+
+    def _start(self, request_id: str, attempt: int, host: str | None) -> None:
+        task = asyncio.create_task(self.deliver(request_id, attempt))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self.hosts.release(host))
+
+    async def _defer(self, request_id: str, attempt: int) -> None:
+        """Put a claimed attempt back unmade: its host has its fill in flight. Not a failure."""
+        await lua_scripts.run(
+            self.aio,
+            "webhook_defer",
+            keys={"deliveries": self.keys.webhooks},
+            args={
+                "claimed": member(attempt, request_id),
+                "next": member(attempt + 1, request_id),
+                "delay": random.uniform(*DEFER_S),
+                "attempts": ATTEMPTS,
+            },
+        )
 
     async def deliver(self, request_id: str, attempt: int) -> Outcome:
         """One attempt; reports back to the deliveries set. Never raises (but for cancellation)."""
@@ -311,7 +363,14 @@ class Deliverer:
         if self.settings.webhook_secret:
             headers["x-signature"] = sign(delivery.body, self.settings.webhook_secret)
         try:
-            code = await post(delivery.url, delivery.body, headers, self.policy, ssl_context=self.ssl_context)
+            code = await post(
+                delivery.url,
+                delivery.body,
+                headers,
+                self.policy,
+                ssl_context=self.ssl_context,
+                timeout_s=self.settings.webhook_timeout_s,
+            )
         except Refused as exc:
             return Outcome.REFUSED, str(exc)
         except InvalidInput as exc:  # the name did not resolve: DNS may answer next time
