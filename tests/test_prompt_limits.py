@@ -29,9 +29,9 @@ from tests.stack import make_stack
 from tests.test_batching import ended, queue_behind_blocker
 from tests.test_e2e_api import FAST, IMAGE, SLUG
 from worker.engine import GenerationRequest, GenerationResult
-from worker.errors import PromptTooLong, UnusableOutput
+from worker.errors import PromptTooLong, TooManyDownweightedParts, UnusableOutput
 from worker.output_checks import is_black, unusable_output
-from worker.prompt_limits import clip_token_count
+from worker.prompt_limits import MAX_DOWNWEIGHTED_PARTS, clip_token_count
 from worker.prompts import MAX_WEIGHT, PromptEncoder, parse_weighted
 
 UNUSABLE = UnusableOutput.default_message
@@ -130,6 +130,33 @@ def test_over_long_prompts_fail_alone_in_their_batch_before_any_encoder_runs(eng
     assert str(negative) == "negative_prompt is too long: 1,001 CLIP tokens, the limit is 1,000"
     assert isinstance(at_limit, GenerationResult) and len(at_limit.images) == 1
     assert at_limit.images == generate_one(engine, prompt=AT_LIMIT, negative_prompt=AT_LIMIT, seed=3).images
+
+
+def test_down_weighted_parts_are_capped_as_each_costs_a_pass_of_the_encoders(engine):
+    pipe = engine.pipelines.get("tiny")
+    passes: list[int] = []
+    hook = pipe.text_encoder.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        allowed = "[cat] dog " * MAX_DOWNWEIGHTED_PARTS
+        [result] = engine.generate([GenerationRequest(job(prompt=allowed), input_image())])
+        assert isinstance(result, GenerationResult)
+        assert len(passes) > MAX_DOWNWEIGHTED_PARTS, "one more encoder pass per down-weighted part"
+        passes.clear()
+        started = time.perf_counter()
+        [refused] = engine.generate([GenerationRequest(job(prompt="[cat] dog " * 499), input_image())])
+        refused_s = time.perf_counter() - started
+        assert passes == []
+    finally:
+        hook.remove()
+    assert isinstance(refused, TooManyDownweightedParts) and refused.status_code == 400
+    assert str(refused) == (
+        "prompt has too many down-weighted parts ([word] or a weight under 1): 499, the limit is 32"
+    )
+    print(f"\nFIGURE | 499 down-weighted parts in 1,000 tokens refused in {refused_s:.3f} s")
+    # Parts of equal weight side by side are one part; weights of 1 and over are never capped.
+    [(_, weight)] = parse_weighted("[" + "cat " * 900 + "]")
+    assert weight < 1
+    assert isinstance(generate_one(engine, prompt="(cat:1.2) dog " * 100), GenerationResult)
 
 
 def broken_vae(tiny_dir: Path, directory: Path, *, weight: float, bias: float) -> Path:

@@ -24,7 +24,7 @@ from app.core.models_config import ModelsConfig
 from app.core.settings import Settings
 from worker.device import pick_device
 from worker.encode import content_type, encode_image
-from worker.errors import JobCancelled, PromptTooLong, UnusableOutput
+from worker.errors import JobCancelled, PromptTooLong, TooManyDownweightedParts, UnusableOutput
 from worker.fast_path import prepare, resolve
 from worker.loading import load_pipeline
 from worker.output_checks import unusable_output
@@ -124,7 +124,7 @@ class Engine:
             try:  # tokenizers only: an over-long prompt is refused before any encoder runs
                 check_prompt_tokens(pipe, request.spec, self.settings.max_prompt_tokens)
                 runnable.append(index)
-            except PromptTooLong as exc:
+            except (PromptTooLong, TooManyDownweightedParts) as exc:
                 outcomes[index] = exc
         with torch.inference_mode():
             encoder = PromptEncoder(pipe, self.device)

@@ -35,6 +35,20 @@ class PromptTooLong(JobInputError):
         self.limit = limit
 
 
+class TooManyDownweightedParts(JobInputError):
+    """More parts weighted under 1 than worker.prompt_limits allows: each costs one more pass of the
+    text encoders over the whole prompt (compel's down-weighting), so their number bounds the cost."""
+
+    def __init__(self, field: str, parts: int, limit: int) -> None:
+        super().__init__(
+            f"{field} has too many down-weighted parts ([word] or a weight under 1): {parts:,},"
+            f" the limit is {limit:,}"
+        )
+        self.field = field
+        self.parts = parts
+        self.limit = limit
+
+
 class UnusableOutput(RequestFailed):
     """An output of the request came out NaN (or infinite), or all black from an input that is not:
     never stored nor charged (422, as a content block: the request was valid, its result is not)."""
