@@ -1,8 +1,13 @@
 """API benchmarks (run by hand: `.venv/bin/python bench/bench_api.py`). Prints figures, asserts nothing.
 
-- v1 overhead: end-to-end time of a `tiny` v1 request minus the worker's inference time (median of 50);
-- v2 submit latency p50/p99 with 32 concurrent clients, accounting on and with SDXL_AUTH=disabled;
-- beside them, a bare `rq` enqueue measured in the same run (the floor of any queue-backed submit).
+- v1 overhead: end-to-end time of a `tiny` v1 request minus the worker's inference time (median of 50),
+  with where it goes;
+- the API process's CPU time per v2 submission of a 1024x1024 photo JPEG (handed to the worker as
+  sent) and of a 1023x1023 one (resized, handed off as PNG), beside Pillow's bare decode of the photo;
+- v2 submit latency p50/p99 with 32 concurrent clients, accounting on and with SDXL_AUTH=disabled,
+  beside a bare `rq` enqueue from 32 concurrent clients (threads) in the same run: the floor of any
+  queue-backed submit, measured the same way.
+The machine's load average is printed at the start and the end: the figures depend on it.
 """
 
 from __future__ import annotations
@@ -10,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import redis
 import yaml
 from PIL import Image
 from rq import Queue
@@ -95,22 +103,30 @@ async def v2_submits(base_url: str, headers: dict[str, str], body: dict) -> list
     return latencies
 
 
-def bare_rq(stack) -> list[float]:
-    queue = Queue(f"{stack.prefix}.bare", connection=stack.redis(), serializer=JSONSerializer)
-    latencies = []
-    for _ in range(SUBMITS):
-        started = time.perf_counter()
-        queue.enqueue_call("worker.tasks.run_request", args=("x",), result_ttl=0)
-        latencies.append(time.perf_counter() - started)
-    queue.empty()
+def bare_rq(stack, clients: int) -> list[float]:
+    """A bare rq enqueue, SUBMITS of them from `clients` concurrent clients (threads, one Queue each,
+    one connection pool): the v2 figure's floor, measured with the same concurrency."""
+    connection = redis.Redis.from_url(stack.env["REDIS_URL"], max_connections=clients)
+    latencies: list[float] = []
+
+    def client(n: int) -> None:
+        queue = Queue(f"{stack.prefix}.bare", connection=connection, serializer=JSONSerializer)
+        for _ in range(n):
+            started = time.perf_counter()
+            queue.enqueue_call("worker.tasks.run_request", args=("x",), result_ttl=0)
+            latencies.append(time.perf_counter() - started)
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, [SUBMITS // clients] * clients))
+    Queue(f"{stack.prefix}.bare", connection=connection, serializer=JSONSerializer).empty()
     return latencies
 
 
-def photo_jpeg_1024() -> bytes:
+def photo_jpeg(side: int) -> bytes:
     from tests.stack import sample_image_path
 
     buffer = io.BytesIO()
-    Image.open(sample_image_path()).convert("RGB").resize((1024, 1024)).save(buffer, "JPEG", quality=90)
+    Image.open(sample_image_path()).convert("RGB").resize((side, side)).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
 
 
@@ -122,23 +138,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def api_cpu_per_photo_submit(stack, headers: dict[str, str], body: dict, n: int = 40) -> tuple[float, float]:
-    """The API process's CPU time per v2 submission of a 1024x1024 photo JPEG (sent as base64), and
-    beside it Pillow's bare decode of that JPEG in this process (the floor: the API must decode it)."""
-    data = photo_jpeg_1024()
+def api_cpu_per_submit(stack, headers: dict[str, str], body: dict, data: bytes, n: int = 40) -> float:
+    """The API process's CPU time per v2 submission of the image `data` (sent as base64)."""
     payload = {**body, "image": base64.b64encode(data).decode()}
     with httpx.Client(base_url=stack.base_url, headers=headers, timeout=60) as http:
         http.post(f"/v2/{SLUG}", json=payload)  # warm
         before = cpu_seconds(stack.api.pid)
         for _ in range(n):
             assert http.post(f"/v2/{SLUG}", json=payload).status_code == 200
-        api = (cpu_seconds(stack.api.pid) - before) / n
+        return (cpu_seconds(stack.api.pid) - before) / n
+
+
+def pillow_decode(data: bytes, n: int = 40) -> float:
+    """Pillow's bare decode of `data` in this process, median CPU time: the floor (the API must decode it)."""
     decodes = []
     for _ in range(n):
         started = time.process_time()
         Image.open(io.BytesIO(data)).load()
         decodes.append(time.process_time() - started)
-    return api, statistics.median(decodes)
+    return statistics.median(decodes)
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
 def main() -> None:
@@ -156,6 +179,7 @@ def main() -> None:
     }
     queued_body = {**body, "base_model": "idle"}
 
+    print(f"start: {load()}")
     results = {}
     only_v1 = "v1" in sys.argv[1:]  # `bench_api.py v1`: the v1 figures only
     for auth in ("enabled", "disabled"):
@@ -175,25 +199,35 @@ def main() -> None:
                     f" engine {ms(m['worker'])} + end to answer {ms(m['to_answer'])}"
                 )
                 if only_v1:
+                    print(f"end: {load()}")
                     return
             if auth == "enabled":
-                api_cpu, decode = api_cpu_per_photo_submit(stack, headers, queued_body)
+                photo, resized = photo_jpeg(1024), photo_jpeg(1023)
+                as_sent = api_cpu_per_submit(stack, headers, queued_body, photo)
+                as_png = api_cpu_per_submit(stack, headers, queued_body, resized)
+                decode = pillow_decode(photo)
                 print(
-                    f"v2 submit of a 1024x1024 photo JPEG: API CPU time {ms(api_cpu)} per submission; "
-                    f"Pillow's bare decode of it {ms(decode)} ({api_cpu / decode:.1f}x)"
+                    f"v2 submit, API CPU time per submission: 1024x1024 photo JPEG (handed off as sent) "
+                    f"{ms(as_sent)}, 1023x1023 (resized to 1016, handed off as PNG) {ms(as_png)}; "
+                    f"Pillow's bare decode of the 1024x1024 {ms(decode)}: ratios {as_sent / decode:.1f}x "
+                    f"and {as_png / decode:.1f}x"
                 )
             latencies = asyncio.run(v2_submits(stack.base_url, headers, queued_body))
-            bare = bare_rq(stack)
+            bare = bare_rq(stack, CONCURRENCY)
+            bare_one = bare_rq(stack, 1)
             results[auth] = latencies
+            p50 = pct(latencies, 0.5)
             print(
                 f"v2 submit, auth {auth}, {CONCURRENCY} clients x {SUBMITS // CONCURRENCY}: "
-                f"p50 {ms(pct(latencies, 0.5))}, p99 {ms(pct(latencies, 0.99))}; "
-                f"bare rq enqueue (1 client): p50 {ms(pct(bare, 0.5))}, p99 {ms(pct(bare, 0.99))}"
+                f"p50 {ms(p50)}, p99 {ms(pct(latencies, 0.99))}; bare rq enqueue, {CONCURRENCY} clients: "
+                f"p50 {ms(pct(bare, 0.5))}, p99 {ms(pct(bare, 0.99))} (ratio of p50s "
+                f"{p50 / pct(bare, 0.5):.1f}x); bare rq, 1 client: p50 {ms(pct(bare_one, 0.5))}"
             )
         finally:
             stack.stop()
     ratio = pct(results["enabled"], 0.5) / pct(results["disabled"], 0.5)
     print(f"accounting on / off, p50 ratio: {ratio:.2f}")
+    print(f"end: {load()}")
 
 
 if __name__ == "__main__":
