@@ -19,17 +19,21 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from PIL import Image
 
 from app.core import lua_scripts
 from app.core.job_metrics import WEBHOOKS
+from app.core.job_spec import Status
 from app.core.lifecycle import as_text
 from app.core.outbound_addresses import default_policy
-from app.core.redis_keys import RedisKeys
+from app.core.redis_keys import RedisKeys, RequestField
 from app.core.webhook_hosts import HostSlots, host_key
-from app.core.webhooks import ATTEMPTS, post
+from app.core.webhooks import ATTEMPTS, Deliverer, member, post
+from tests.conftest import REDIS_URL
 from tests.faults import wait_until
 from tests.http_fixtures import Exchange, LocalHTTPServer
+from tests.specs import make_spec
 from tests.stack import make_stack
 
 SLUG = "sdxl-img2img"
@@ -231,6 +235,51 @@ def test_a_receiver_trickling_bytes_is_cut_at_the_attempt_bound(settings):
         elapsed = time.monotonic() - started
     assert 0.9 < elapsed < 1.6, elapsed  # httpx's per-read timeout (1 s) alone never fires here
     assert len(server.requests_for("/trickle")) == 1
+
+
+# --- the delivery loop stops when cancelled, however busy ------------------------------------------
+
+
+def test_the_busy_delivery_loop_stops_on_every_cancel(settings, hanging):
+    """Cancelled at 20 moments while it claims, puts back and POSTs 64 deliveries to a full host,
+    the loop ends within the attempt bound each time (an API process's shutdown waits for it).
+    Python 3.11's wait_for inside redis-py can swallow such a cancel; the loop must stop anyway."""
+    settings = settings.model_copy(
+        update={"webhook_per_host": PER_HOST, "webhook_timeout_s": 1.0, "webhook_concurrency": 16}
+    )
+    keys = RedisKeys(settings.redis_prefix)
+    spec = make_spec(request_id="h", scheduler="Euler", num_inference_steps=4, guidance_scale=7.5)
+    fields = {
+        RequestField.STATUS: Status.FAILED.value,
+        RequestField.SPEC: spec.to_json(),
+        RequestField.ERROR: "cancelled",
+        RequestField.WEBHOOK: hanging.url(),
+        RequestField.BASE_URL: "",
+    }
+
+    async def scenario() -> list[float]:
+        aio = aioredis.Redis.from_url(REDIS_URL)
+        stop_times = []
+        try:
+            for n in range(HANGING):
+                await aio.hset(keys.request(f"h{n}"), mapping=fields)
+            for k in range(20):
+                await aio.delete(keys.webhooks)
+                now = float((await aio.time())[0])
+                await aio.zadd(keys.webhooks, {member(0, f"h{n}"): now - 1 for n in range(HANGING)})
+                task = asyncio.create_task(Deliverer(settings, keys, aio).run())
+                await asyncio.sleep(0.013 * k)
+                task.cancel()
+                cancelled = time.monotonic()
+                await asyncio.wait([task], timeout=5)
+                assert task.done(), f"cancelled after {0.013 * k:.3f} s, still running 5 s later"
+                stop_times.append(time.monotonic() - cancelled)
+            return stop_times
+        finally:
+            await aio.aclose()
+
+    stop_times = asyncio.run(scenario())
+    assert max(stop_times) < 1.0 + 0.5, stop_times
 
 
 # --- end to end: 64 deliveries to a hanging host, one to a good host --------------------------------
