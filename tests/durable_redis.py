@@ -1,0 +1,88 @@
+"""A private redis-server that keeps what it acknowledged through a SIGKILL: AOF with
+`appendfsync always` (every write is on disk before its reply) and no RDB snapshots, in a directory
+of its own, on a port of its own, restarted on the same directory and port after a kill."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import redis
+
+from tests.stack import free_port
+
+
+class DurableRedis:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.directory = tempfile.mkdtemp(prefix="durable-redis-")
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def client(self, **options) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5, **options)
+
+    def start(self, timeout: float = 30) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self.directory,
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        probe = redis.Redis(port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + timeout
+        # PING answers LOADING (an error) until the AOF is read back: only then is the data there.
+        while not self._answers(probe):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the durable Redis did not come back")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with code {self.process.returncode}")
+            time.sleep(0.05)
+        probe.close()
+
+    @staticmethod
+    def _answers(client: redis.Redis) -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def restart_after_kill(self) -> None:
+        self.kill()
+        self.start()
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
