@@ -91,6 +91,13 @@ async def load_input_image(
     return await load_input_bytes(data, settings, resize_to=resize_to, budget=budget)
 
 
+# An upload this small, of this few pixels, is opened and decoded in the event loop: that takes less
+# than the hop to a worker thread and back (0.1 ms on a quiet machine, milliseconds on a loaded one,
+# twice per image). A 256x256 image decodes in about 0.5 ms.
+INLINE_MAX_BYTES = 64 * 1024
+INLINE_MAX_PIXELS = 256 * 256
+
+
 async def load_input_bytes(
     data: bytes,
     settings: Settings,
@@ -98,11 +105,18 @@ async def load_input_bytes(
     resize_to: tuple[int, int] | None = None,
     budget: DecodeBudget | None = None,
 ) -> PreparedImage:
-    """An uploaded file's bytes (multipart `image`) -> the prepared image, decoded in a thread.
+    """An uploaded file's bytes (multipart `image`) -> the prepared image, decoded in a thread
+    unless it is small.
 
     With a `budget`, the decode waits until its estimated memory fits (or is refused, 503)."""
-    opened = await anyio.to_thread.run_sync(open_image, data, settings, resize_to)
+    small = len(data) <= INLINE_MAX_BYTES
+    if small:
+        opened = open_image(data, settings, resize_to)
+    else:
+        opened = await anyio.to_thread.run_sync(open_image, data, settings, resize_to)
+    width, height = opened.header_size
+    inline = small and width * height <= INLINE_MAX_PIXELS
     if budget is None:
-        return await anyio.to_thread.run_sync(decode_opened, opened)
+        return decode_opened(opened) if inline else await anyio.to_thread.run_sync(decode_opened, opened)
     async with budget.hold(opened.decode_cost_bytes):
-        return await anyio.to_thread.run_sync(decode_opened, opened)
+        return decode_opened(opened) if inline else await anyio.to_thread.run_sync(decode_opened, opened)

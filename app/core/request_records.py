@@ -68,6 +68,18 @@ class Records:
         raw = await self.aio.hgetall(self.keys.request(request_id))
         return self.from_fields(request_id, decode_hash(raw), key)
 
+    async def get_with_outputs(
+        self, request_id: str, key: ApiKey, file_names: list[str]
+    ) -> tuple[RequestRecord, list[bytes | None]]:
+        """`get` and the named outputs (None where there is none) in one round trip: what a v1
+        answer reads once its request has ended."""
+        async with self.aio.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.request(request_id))
+            for name in file_names:
+                pipe.get(self.keys.output(request_id, name))
+            raw, *outputs = await pipe.execute()
+        return self.from_fields(request_id, decode_hash(raw), key), outputs
+
     def from_fields(self, request_id: str, fields: dict[str, str], key: ApiKey) -> RequestRecord:
         """`get` on a hash already read (e.g. with its event stream, app/core/status_events.py)."""
         if RequestField.STATUS not in fields or RequestField.SPEC not in fields:

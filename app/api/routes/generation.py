@@ -200,7 +200,9 @@ async def answer_v1(state: AppState, submitted: Submitted) -> Response:
             raise GatewayTimeout(
                 f"request {spec.request_id} did not finish within {state.settings.sync_timeout_s:g} s"
             )
-    record = await state.records.get(spec.request_id, submitted.key)
+    # The outputs' names follow from the spec (JobSpec.file_name): read with the record, one round trip.
+    wanted = [spec.file_name(i) for i in range(spec.samples if spec.base64 else 1)]
+    record, outputs = await state.records.get_with_outputs(spec.request_id, submitted.key, wanted)
     if record.status is Status.FAILED:
         if record.error_status == 400:
             raise InvalidInput(record.error)
@@ -210,9 +212,9 @@ async def answer_v1(state: AppState, submitted: Submitted) -> Response:
             raise RequestFailed(record.error)
         raise ServiceError(record.error or "request failed")
     result = record.result or {}
-    files = [image["file_name"] for image in result["images"]]
-    wanted = files if spec.base64 else files[:1]
-    outputs = [await state.records.output(spec.request_id, name) for name in wanted]
+    for name, data in zip(wanted, outputs, strict=True):
+        if data is None:  # expired between the end and now (the worker names them by the spec too)
+            raise NotFound(f"Output {name} of request {spec.request_id} not found")
     headers = {
         **accounting_headers(submitted),
         "x-seed-value": str(result["seeds"][0]),
