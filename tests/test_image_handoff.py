@@ -21,6 +21,13 @@ def rgb_png_with_transparent_colour() -> bytes:
     return f.encode(f.pattern(160, 120), "PNG", transparency=f.RED)
 
 
+def oriented(fmt: str, orientation: int = 6) -> bytes:
+    """`pattern(200, 96)` as `fmt` with an EXIF Orientation (PNG eXIf, WebP EXIF chunks)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return f.encode(f.pattern(200, 96), fmt, exif=exif.tobytes())
+
+
 def animated_png() -> bytes:
     frames = [f.pattern(160, 120), f.solid(160, 120, f.BLUE)]
     return f.encode(frames[0], "PNG", save_all=True, append_images=frames[1:])
@@ -44,6 +51,9 @@ CASES = [
         for o in range(1, 9)
     ],
     ("jpeg-exif-rotated-resize-to", f.exif_rotated_jpeg(200, 96, orientation=6), (200, 96), False),
+    ("png-exif-orientation-6", oriented("PNG"), None, False),
+    ("png-exif-orientation-1", oriented("PNG", 1), None, True),
+    ("webp-exif-orientation-8", oriented("WEBP", 8), None, False),
     ("jpeg-cmyk", f.cmyk_jpeg(), None, False),
     ("jpeg-grey", f.grey_jpeg(), None, False),
     ("png-palette", f.palette_png(), None, False),
