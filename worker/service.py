@@ -201,6 +201,22 @@ def wait_for_redis(worker: SimpleWorker) -> None:
             time.sleep(1)
 
 
+def first_beat(heartbeat: Heartbeat) -> None:
+    """The worker's first announcement, made as soon as Redis answers: a worker that starts while
+    Redis is down or restarting (a supervisor restarts both at once) waits for it, as a running
+    worker does, instead of dying on the first call."""
+    waiting = False
+    while True:
+        try:
+            heartbeat.beat()
+            return
+        except redis.RedisError as exc:
+            if not waiting:
+                log.warning("Redis unavailable at start; waiting for it", extra={"error": str(exc)})
+                waiting = True
+            time.sleep(1)
+
+
 def warm_up(engine: Any, model_names: list[str]) -> None:
     """Loads (and compiles, with SDXL_COMPILE) what fits in memory; the other models load on their
     first job (LRU). A model that fails to load is logged: the worker serves its other models, and
@@ -246,7 +262,7 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
     install_context(context)
     heartbeat = Heartbeat(settings, context, model_names, engine_info=lambda: device_info(engine))
     context.stop_heartbeat = heartbeat.stop
-    heartbeat.beat()
+    first_beat(heartbeat)
     heartbeat.start()
 
     rq_connection = redis.Redis.from_url(
