@@ -19,6 +19,7 @@ from collections.abc import Callable
 import redis
 
 from app.core import lua_scripts
+from tests.chaos_takeovers import Takeovers
 from tests.durable_redis import DurableRedis
 from tests.stack import Stack
 
@@ -40,8 +41,16 @@ def plan(rng: random.Random, count: int) -> list[str]:
 class Fleet:
     """The stack's processes under fire: kills them, restarts them, counts both."""
 
-    def __init__(self, stack: Stack, durable: DurableRedis, workers: int, log: Callable[[str], None]):
+    def __init__(
+        self,
+        stack: Stack,
+        durable: DurableRedis,
+        workers: int,
+        takeovers: Takeovers,
+        log: Callable[[str], None],
+    ):
         self.stack = stack
+        self.takeovers = takeovers
         self.durable = durable
         self.worker_count = workers
         self.log = log
@@ -77,9 +86,20 @@ class Fleet:
         return [p for p in self.stack.workers if p.poll() is None]
 
     def _kill(self, process: subprocess.Popen) -> None:
-        self.killed_pids.add(process.pid)
-        os.kill(process.pid, signal.SIGKILL)
+        self._sigkill(process.pid)
         process.wait(timeout=10)
+
+    def _sigkill(self, pid: int) -> None:
+        """SIGKILL; a worker's requests are then followed until they are taken from it (its
+        heartbeat, read after the kill so as not to delay it, outlives it by its TTL)."""
+        self.killed_pids.add(pid)
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        if pid == self.durable.pid or pid == self.stack.api.pid:
+            return
+        for beat in self._heartbeats():
+            if beat["pid"] == pid:
+                self.takeovers.watch(beat["id"], killed_at)
 
     def _kill_redis(self) -> None:
         self.killed_pids.add(self.durable.pid)
@@ -101,8 +121,7 @@ class Fleet:
                         continue
                     pid = pick_pid(line)
                     if pid is not None:
-                        self.killed_pids.add(pid)
-                        os.kill(pid, signal.SIGKILL)
+                        self._sigkill(pid)
                         self._reap(pid)
                         return True
         except redis.ConnectionError:

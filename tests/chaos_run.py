@@ -21,6 +21,7 @@ from app.core import api_keys
 from tests.chaos_audit import Audit, audit, wait_settled
 from tests.chaos_clients import Ledger, V1Client, V2Client
 from tests.chaos_killers import Fleet, plan
+from tests.chaos_takeovers import Takeovers
 from tests.durable_redis import DurableRedis
 from tests.stack import make_stack
 
@@ -47,6 +48,8 @@ class Summary:
     restore_s: float  # from the end of the chaos (the last kill's restarts) until every process was ready
     settle_s: float | None  # from the end of the chaos until every request had ended (None: not in time)
     last_end_after_chaos_s: float  # the latest finished_at, from the end of the chaos
+    takeover_s: list[float]  # for each request a killed worker held: kill -> taken from it
+    never_taken_over: list[str]  # requests a killed worker still held long after
     audit: Audit = field(repr=False, default_factory=Audit)
 
     @property
@@ -66,6 +69,9 @@ class Summary:
             f"after the chaos: every process ready in {self.restore_s:.1f} s; every request ended in "
             f"{'NOT IN TIME' if self.settle_s is None else f'{self.settle_s:.1f} s'} "
             f"(bound {self.settle_limit_s:.0f} s); the last end {self.last_end_after_chaos_s:.1f} s after",
+            f"requests of killed workers: {len(self.takeover_s)} taken over, the slowest "
+            f"{max(self.takeover_s, default=0):.1f} s after the kill (SDXL_JOB_LOST_S {JOB_LOST_S:.0f} s); "
+            f"never: {self.never_taken_over or 'none'}",
             f"longest request (submission to end): {self.audit.longest_s:.1f} s",
             f"credits: COMPLETED cost {a.completed_cost}, balance drift {a.balance_drift}, "
             f"used drift {a.used_drift}, FAILED unrefunded {len(a.failed_unrefunded)}",
@@ -102,7 +108,8 @@ def run_chaos(seconds: float, seed: int, log: Callable[[str], None] = print) -> 
         SDXL_SYNC_TIMEOUT_S="60",
         SDXL_LOG_LEVEL="WARNING",
     )
-    fleet = Fleet(stack, durable, WORKERS, log)
+    takeovers = Takeovers(durable, stack.keys, give_up_s=JOB_LOST_S + SETTLE_BOUND_S)
+    fleet = Fleet(stack, durable, WORKERS, takeovers, log)
     stop_clients = threading.Event()
     clients: list[threading.Thread] = []
     try:
@@ -130,6 +137,7 @@ def run_chaos(seconds: float, seed: int, log: Callable[[str], None] = print) -> 
         log(f"chaos: over; everything back in {restore_s:.1f} s")
         for thread in clients:
             thread.join(timeout=70)  # a v1 call in flight waits at most SDXL_SYNC_TIMEOUT_S
+        takeovers.join()
         client = durable.client()
         key_id = api_keys.get_key(client, stack.keys, api_key).id
         limit = JOB_LOST_S + SETTLE_BOUND_S - (time.monotonic() - chaos_end)
@@ -156,6 +164,8 @@ def run_chaos(seconds: float, seed: int, log: Callable[[str], None] = print) -> 
             restore_s=restore_s,
             settle_s=settle_s,
             last_end_after_chaos_s=result.latest_end_after,
+            takeover_s=takeovers.seconds,
+            never_taken_over=takeovers.never,
             audit=result,
         )
     finally:

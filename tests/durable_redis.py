@@ -32,7 +32,7 @@ class DurableRedis:
         return self.process.pid
 
     def client(self, **options) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5, **options)
+        return redis.Redis(port=self.port, **{"socket_timeout": 5, **options})
 
     def start(self, timeout: float = 30) -> None:
         self.process = subprocess.Popen(

@@ -13,7 +13,7 @@ import os
 import pytest
 
 from tests.chaos_killers import KINDS
-from tests.chaos_run import run_chaos
+from tests.chaos_run import JOB_LOST_S, run_chaos
 
 pytestmark = pytest.mark.e2e
 CHAOS_S = 120
@@ -31,6 +31,8 @@ def test_whatever_is_killed_every_request_ends_and_the_credits_are_exact():
     assert summary.cancels["202"] > 0 and audit.statuses["COMPLETED"] > 0
     assert summary.unexpected_exits == [], "only what the run killed may die"
 
+    assert summary.takeover_s, "some killed worker held a request"
+    assert summary.never_taken_over == [] and max(summary.takeover_s) <= JOB_LOST_S, summary.takeover_s
     assert audit.not_ended == []
     assert summary.settle_s is not None and summary.settle_s <= summary.settle_limit_s
     assert audit.balance_drift == 0, "balance == initial credits - cost of the COMPLETED requests"
