@@ -20,7 +20,7 @@ import redis
 
 from app.core import lua_scripts
 from tests.chaos_takeovers import Takeovers
-from tests.durable_redis import DurableRedis
+from tests.private_redis import PrivateRedis
 from tests.stack import Stack
 
 RANDOM_KINDS = ("worker", "api", "redis")
@@ -44,7 +44,7 @@ class Fleet:
     def __init__(
         self,
         stack: Stack,
-        durable: DurableRedis,
+        durable: PrivateRedis,
         workers: int,
         takeovers: Takeovers,
         log: Callable[[str], None],

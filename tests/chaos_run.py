@@ -3,7 +3,7 @@ and a half minutes) and bench/chaos.py (as long as asked, figures printed).
 
 A key with known credits; v1 and v2 clients sending `tiny` requests of 1 to 4 samples, cancelling
 some (tests/chaos_clients.py); meanwhile workers, the API and Redis (AOF, `appendfsync always`:
-tests/durable_redis.py) SIGKILLed and restarted at random moments and at the worst ones
+tests/private_redis.py) SIGKILLed and restarted at random moments and at the worst ones
 (tests/chaos_killers.py), drawn from one seeded RNG. Then the killing stops, everything is brought
 back, and the run waits for every request the server holds to end; the audit reads the outcome
 from Redis (tests/chaos_audit.py)."""
@@ -22,7 +22,7 @@ from tests.chaos_audit import Audit, audit, wait_settled
 from tests.chaos_clients import Ledger, V1Client, V2Client
 from tests.chaos_killers import Fleet, plan
 from tests.chaos_takeovers import Takeovers
-from tests.durable_redis import DurableRedis
+from tests.private_redis import PrivateRedis
 from tests.stack import make_stack
 
 JOB_LOST_S = 8.0  # heartbeats live 2 s: a killed worker's request is taken back within seconds
@@ -100,7 +100,7 @@ def make_chaos(fleet: Fleet, rng: random.Random, seconds: float) -> None:
 
 def run_chaos(seconds: float, seed: int, log: Callable[[str], None] = print) -> Summary:
     rng = random.Random(seed)
-    durable = DurableRedis()
+    durable = PrivateRedis(durable=True)
     durable.start()
     stack = make_stack(
         REDIS_URL=durable.url,

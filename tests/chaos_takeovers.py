@@ -10,11 +10,11 @@ import time
 import redis
 
 from app.core.redis_keys import RedisKeys, RequestField
-from tests.durable_redis import DurableRedis
+from tests.private_redis import PrivateRedis
 
 
 class Takeovers:
-    def __init__(self, durable: DurableRedis, keys: RedisKeys, give_up_s: float):
+    def __init__(self, durable: PrivateRedis, keys: RedisKeys, give_up_s: float):
         self.durable = durable
         self.keys = keys
         self.give_up_s = give_up_s

@@ -10,15 +10,12 @@ persistence: a crash loses its data, so authentication is disabled (keys would b
 from __future__ import annotations
 
 import base64
-import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import redis
 
 from tests import image_factory
 from tests.faults import (
@@ -30,7 +27,8 @@ from tests.faults import (
     wait_request_end,
     wait_until,
 )
-from tests.stack import Stack, free_port, make_stack
+from tests.private_redis import PrivateRedis
+from tests.stack import Stack, make_stack
 
 pytestmark = pytest.mark.e2e
 SLUG = "sdxl-img2img"
@@ -43,59 +41,6 @@ FAST = {
     "strength": 0.3,
 }
 BOUND_S = 2.0
-
-
-class PrivateRedis:
-    """A redis-server of our own, on a fixed port so it can come back where the clients expect it."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        wait_until(lambda: self._answers(client), 10, "the private Redis to answer")
-
-    @staticmethod
-    def _answers(client: redis.Redis) -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    def signal(self, sig: int) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, sig)
-
-    def stop(self, sig: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        self.process.wait(timeout=10)
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGCONT)
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture(scope="module")

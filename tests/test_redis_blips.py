@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from tests.faults import absent_worker, report, slow_job, wait_until
+from tests.private_redis import PrivateRedis
 from tests.stack import Stack, make_stack
-from tests.test_hardening_redis import FAST, SLUG, PrivateRedis
+from tests.test_hardening_redis import FAST, SLUG
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from tests.durable_redis import DurableRedis
 from tests.faults import wait_until
+from tests.private_redis import PrivateRedis
 from tests.stack import LOG_DIR, make_stack
 from tests.test_e2e_api import FAST, IMAGE, SLUG
 
@@ -22,7 +22,7 @@ def worker_log(prefix: str) -> str:
 
 
 def test_a_worker_started_while_redis_is_down_waits_for_it_then_serves():
-    durable = DurableRedis()
+    durable = PrivateRedis(durable=True)
     durable.start()
     stack = make_stack(REDIS_URL=durable.url, SDXL_AUTH="disabled")
     try:

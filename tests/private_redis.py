@@ -1,6 +1,7 @@
-"""A private redis-server that keeps what it acknowledged through a SIGKILL: AOF with
-`appendfsync always` (every write is on disk before its reply) and no RDB snapshots, in a directory
-of its own, on a port of its own, restarted on the same directory and port after a kill."""
+"""A redis-server of the test's own, on a port of its own, so that a test can freeze, stop or kill
+it and start it again where the clients expect it. `durable=True` keeps what it acknowledged
+through a SIGKILL: AOF with `appendfsync always` (every write is on disk before its reply), no RDB
+snapshots, in a directory of its own that a restart reads back."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ import redis
 from tests.stack import free_port
 
 
-class DurableRedis:
-    def __init__(self) -> None:
+class PrivateRedis:
+    def __init__(self, durable: bool = False) -> None:
         self.port = free_port()
-        self.directory = tempfile.mkdtemp(prefix="durable-redis-")
+        self.durable = durable
+        self.directory = tempfile.mkdtemp(prefix="private-redis-")
         self.process: subprocess.Popen | None = None
 
     @property
@@ -35,21 +37,11 @@ class DurableRedis:
         return redis.Redis(port=self.port, **{"socket_timeout": 5, **options})
 
     def start(self, timeout: float = 30) -> None:
+        persistence = ("yes", "--appendfsync", "always") if self.durable else ("no",)
         self.process = subprocess.Popen(
             [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                self.directory,
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory),
+                *("--save", "", "--appendonly", *persistence),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -59,7 +51,7 @@ class DurableRedis:
         # PING answers LOADING (an error) until the AOF is read back: only then is the data there.
         while not self._answers(probe):
             if time.monotonic() > deadline:
-                raise TimeoutError("the durable Redis did not come back")
+                raise TimeoutError("the private Redis did not answer")
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with code {self.process.returncode}")
             time.sleep(0.05)
@@ -72,10 +64,16 @@ class DurableRedis:
         except redis.RedisError:
             return False
 
-    def kill(self) -> None:
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def stop(self, sig: int) -> None:
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.send_signal(sig)
         self.process.wait(timeout=10)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
 
     def restart_after_kill(self) -> None:
         self.kill()
@@ -83,6 +81,7 @@ class DurableRedis:
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
             self.process.kill()
             self.process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
