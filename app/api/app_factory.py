@@ -17,6 +17,7 @@ from app.api import metrics_http
 from app.api.app_state import AppState
 from app.api.header_limits import HeaderLimits
 from app.api.http_errors import install_error_handlers
+from app.api.open_waits import OpenWaits
 from app.api.request_body import BodySizeLimit
 from app.api.routes import account, docs, events, generation, health, listing, playground, requests
 from app.api.submission import Submitter
@@ -52,6 +53,7 @@ def build_state(settings: Settings, models: ModelsConfig) -> AppState:
         lifecycle=lifecycle,
         submitter=Submitter(settings, models.names, aio, sync),
         records=Records(keys, lifecycle, aio, auth_enabled=settings.auth == "enabled"),
+        open_waits=OpenWaits(settings.max_open_waits),
     )
 
 

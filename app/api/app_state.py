@@ -8,6 +8,7 @@ from typing import Any
 import redis
 from fastapi import Request
 
+from app.api.open_waits import OpenWaits
 from app.api.submission import Submitter
 from app.core.lifecycle import Lifecycle
 from app.core.models_config import ModelsConfig
@@ -26,6 +27,7 @@ class AppState:
     lifecycle: Lifecycle
     submitter: Submitter
     records: Records
+    open_waits: OpenWaits  # live status streams and long polls (app/api/open_waits.py)
 
 
 async def get_state(request: Request) -> AppState:

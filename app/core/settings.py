@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     decode_memory_mb: int = Field(1024, ge=16, validation_alias=_env("SDXL_DECODE_MEMORY_MB"))
     # How long a decode waits for room in that budget before its request is a 503 with Retry-After.
     decode_wait_s: float = Field(5.0, ge=0, validation_alias=_env("SDXL_DECODE_WAIT_S"))
+    # Live status streams and long polls open at once per API process (each holds a Redis
+    # connection while it waits); see app/api/open_waits.py.
+    max_open_waits: int = Field(1024, ge=1, validation_alias=_env("SDXL_MAX_OPEN_WAITS"))
     max_pixels: int = Field(1_572_864, ge=64 * 64, validation_alias=_env("SDXL_MAX_PIXELS"))
     max_body_bytes: int = Field(30_000_000, ge=1024, validation_alias=_env("SDXL_MAX_BODY_BYTES"))
     allow_private_urls: bool = Field(False, validation_alias=_env("SDXL_ALLOW_PRIVATE_URLS"))

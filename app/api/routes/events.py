@@ -75,7 +75,10 @@ async def events(
             if not pending:
                 return Response(status_code=204, headers=_HEADERS)
     ended = record.status.is_terminal() and last_event_id is None
-    stream = _follow(state, key, record, after, base_url) if not ended else _none()
+    if ended:
+        return EventSourceResponse(_chain(first, _none()), headers=_HEADERS)
+    state.open_waits.refuse_when_full()  # 503 past SDXL_MAX_OPEN_WAITS (app/api/open_waits.py)
+    stream = _follow(state, key, record, after, base_url)
     return EventSourceResponse(_chain(first, stream), headers=_HEADERS)
 
 
@@ -109,6 +112,8 @@ async def _follow(
     expiry ends the stream; the client reconnects with its last event id."""
     request_id = record.request_id
     started_at = record.timestamp(RequestField.STARTED_AT)
+    if not state.open_waits.try_open():
+        return  # filled up since the check: the stream ends, and the client reconnects later
     try:
         while True:
             entries = await status_events.read_after(state.aio, state.keys, request_id, after, KEEPALIVE_S)
@@ -129,6 +134,8 @@ async def _follow(
                     yield _event(entry.kind, _progress(request_id, entry, started_at), entry.id)
     except (redis.RedisError, NotFound):
         return
+    finally:
+        state.open_waits.close()  # also when the client went away (the generator is closed)
 
 
 async def _status_of(state: AppState, record: RequestRecord, entry: status_events.Entry) -> dict[str, Any]:

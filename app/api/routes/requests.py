@@ -43,9 +43,16 @@ async def get_status(
     # The hash and its stream's last entry id in one read: any change after that id wakes the wait.
     fields, last_id = await status_events.snapshot(state.aio, state.keys, request_id)
     record = state.records.from_fields(request_id, fields, key)
-    waits = wait_s > 0 and not record.status.is_terminal()
-    if waits and await status_events.read_after(state.aio, state.keys, request_id, last_id, wait_s, count=1):
-        record = await state.records.get(request_id, key)
+    # Past SDXL_MAX_OPEN_WAITS open waits, the answer comes at once, as with ?wait=0.
+    if wait_s > 0 and not record.status.is_terminal() and state.open_waits.try_open():
+        try:
+            changed = await status_events.read_after(
+                state.aio, state.keys, request_id, last_id, wait_s, count=1
+            )
+        finally:
+            state.open_waits.close()
+        if changed:
+            record = await state.records.get(request_id, key)
     return JSONResponse(await status_view(state, record), status_code=http_code(record.status))
 
 
