@@ -16,18 +16,26 @@ import httpx
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def host_and_port(parsed: httpx.URL) -> tuple[str, int] | None:
+    """The host (as written) and port a POST to `parsed` connects to; None unless http(s) with a host."""
+    if parsed.scheme not in DEFAULT_PORTS or not parsed.raw_host:
+        return None
+    return parsed.raw_host.decode("ascii"), parsed.port or DEFAULT_PORTS[parsed.scheme]
+
+
 def host_key(url: str) -> str | None:
     """`hostname:port`, lower-cased; None for a URL that cannot be delivered (the POST refuses it)."""
     try:
-        parsed = httpx.URL(url)
+        target = host_and_port(httpx.URL(url))
     except (httpx.InvalidURL, TypeError, ValueError):
         return None
-    if parsed.scheme not in DEFAULT_PORTS or not parsed.raw_host:
+    if target is None:
         return None
-    host = parsed.raw_host.decode("ascii").lower().rstrip(".")
+    host, port = target
+    host = host.lower().rstrip(".")
     if ":" in host:
         host = f"[{host}]"  # an IPv6 literal, bracketed as in the URL
-    return f"{host}:{parsed.port or DEFAULT_PORTS[parsed.scheme]}"
+    return f"{host}:{port}"
 
 
 class HostSlots:

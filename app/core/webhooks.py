@@ -58,7 +58,7 @@ from app.core.redis_clients import BLOCKING_SLICE_S
 from app.core.redis_keys import RedisKeys, RequestField
 from app.core.request_records import RequestRecord
 from app.core.settings import Settings
-from app.core.webhook_hosts import DEFAULT_PORTS, HostSlots, host_key
+from app.core.webhook_hosts import HostSlots, host_and_port, host_key
 
 log = logging.getLogger("sdxl.webhooks")
 
@@ -164,10 +164,10 @@ async def post(
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):
         raise Refused("webhook_url is not a valid URL") from None
-    if parsed.scheme not in DEFAULT_PORTS or not parsed.raw_host:
+    target = host_and_port(parsed)
+    if target is None:
         raise Refused("webhook_url must be an http(s) URL with a host")
-    host = parsed.raw_host.decode("ascii")
-    port = parsed.port or DEFAULT_PORTS[parsed.scheme]
+    host, port = target
     with anyio.fail_after(timeout_s):  # wall clock: httpx's timeouts below are per read
         try:
             addresses = await checked_addresses(host, port, policy, what="webhook_url")
