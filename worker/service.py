@@ -189,32 +189,39 @@ def stop_requested(worker: SimpleWorker) -> bool:
     return bool(worker._stop_requested or worker._shutdown_requested_date is not None)
 
 
+def until_redis_answers(
+    step: Callable[[], object], keep_trying: Callable[[], bool] = lambda: True, warning: str | None = None
+) -> None:
+    """Runs `step` until it gets through Redis, once a second while Redis errors (saying `warning`
+    once, if given), or until `keep_trying` says no."""
+    warned = False
+    while keep_trying():
+        try:
+            step()
+            return
+        except redis.RedisError as exc:
+            if warning and not warned:
+                log.warning(warning, extra={"error": str(exc)})
+                warned = True
+            time.sleep(1)
+
+
 def wait_for_redis(worker: SimpleWorker) -> None:
     """Blocks until Redis answers again, then marks this worker's old RQ registration dead: a Redis
     that kept its data still holds it, and RQ refuses to start a worker whose name is alive."""
-    while not stop_requested(worker):
-        try:
-            worker.connection.ping()
-            worker.register_death()
-            return
-        except redis.RedisError:
-            time.sleep(1)
+
+    def ping_and_reregister() -> None:
+        worker.connection.ping()
+        worker.register_death()
+
+    until_redis_answers(ping_and_reregister, keep_trying=lambda: not stop_requested(worker))
 
 
 def first_beat(heartbeat: Heartbeat) -> None:
     """The worker's first announcement, made as soon as Redis answers: a worker that starts while
     Redis is down or restarting (a supervisor restarts both at once) waits for it, as a running
     worker does, instead of dying on the first call."""
-    waiting = False
-    while True:
-        try:
-            heartbeat.beat()
-            return
-        except redis.RedisError as exc:
-            if not waiting:
-                log.warning("Redis unavailable at start; waiting for it", extra={"error": str(exc)})
-                waiting = True
-            time.sleep(1)
+    until_redis_answers(heartbeat.beat, warning="Redis unavailable at start; waiting for it")
 
 
 def warm_up(engine: Any, model_names: list[str]) -> None:
