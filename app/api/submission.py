@@ -2,10 +2,14 @@
 
 Round trips to Redis: authentication and rate limit (one Lua call, done by the route before the body
 is read), credit reservation and queue-full check (one Lua call), then the request record, the input
-image and the RQ job in one MULTI/EXEC pipeline that WATCHes the reservation. Reserve and enqueue
-are two steps, so the reservation is indexed: one whose request never follows (this process died, or
-Redis failed, in between) is rolled back by the reaper, and an enqueue that comes after a roll back
-fails (WATCH) instead of running a request nobody paid for.
+image and the RQ job in one more (enqueue.lua), which writes them only while the reservation holds.
+Reserve and enqueue are two steps, so the reservation is indexed: one whose request never follows
+(this process died, or Redis failed, in between) is rolled back by the reaper, and an enqueue that
+comes after a roll back writes nothing instead of running a request nobody paid for.
+
+The enqueue's writes, RQ's own among them, are recorded on a redis-py pipeline that is never
+executed and committed by that one script: no thread, no WATCH round trips, and RQ still decides
+what an enqueued job is.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from app.core import admission
+from app.core import admission, lua_scripts
 from app.core.api_keys import ApiKey
 from app.core.decode_budget import DecodeBudget
 from app.core.errors import Unavailable
@@ -112,9 +116,7 @@ class Submitter:
             pending_ttl_s=self.settings.pending_ttl_s,
         )
         try:
-            await anyio.to_thread.run_sync(
-                self._enqueue, spec, image.handoff, params.webhook_url, base_url, options
-            )
+            await self._enqueue(spec, image.handoff, params.webhook_url, base_url, options)
         except (redis.RedisError, ReservationLost):
             # Give the credits back now if Redis lets us (else the reaper will). The EXEC may have
             # run with its reply lost: then the request exists, and its id lets the client see it.
@@ -125,9 +127,38 @@ class Submitter:
             spec=spec, key=key, remaining_credits=remaining, ignored_fields=params.ignored_fields
         )
 
-    def _enqueue(
+    async def _enqueue(
         self, spec: JobSpec, image: bytes, webhook_url: str | None, base_url: str, options: RequestOptions
     ) -> None:
+        queue = self._queues[spec.base_model]
+        if queue.redis_server_version is None:  # rq asks once per Queue (INFO), on its sync client
+            await anyio.to_thread.run_sync(queue.get_redis_server_version)
+        reply = await lua_scripts.run(
+            self.aio,
+            "enqueue",
+            keys={
+                "request": self.keys.request(spec.request_id),
+                "idempotency_record": [options.idempotency_record] if options.idempotency_record else [],
+            },
+            args={
+                "request_id": spec.request_id,
+                "commands": self._writes(queue, spec, image, webhook_url, base_url, options),
+            },
+        )
+        if reply != b"QUEUED":
+            raise ReservationLost(spec.request_id)
+
+    def _writes(
+        self,
+        queue: Queue,
+        spec: JobSpec,
+        image: bytes,
+        webhook_url: str | None,
+        base_url: str,
+        options: RequestOptions,
+    ) -> list[Any]:
+        """The enqueue's commands, flattened for enqueue.lua: recorded on a pipeline that never runs
+        (a redis-py pipeline buffers everything until `execute`, so recording does no I/O)."""
         request_key = self.keys.request(spec.request_id)
         record = {
             RequestField.STATUS: Status.QUEUED.value,
@@ -142,32 +173,25 @@ class Submitter:
             # The webhook's body names absolute output URLs; the deliverer has no HTTP request at hand.
             record[RequestField.BASE_URL] = base_url
         ttl = self.settings.pending_ttl_s
-        with self.sync.pipeline(transaction=True) as pipe:
-            # WATCH: a roll back of the reservation (the reaper, if this process stalled) between
-            # here and EXEC makes the EXEC fail.
-            pipe.watch(request_key, *options.watched())
-            if pipe.hget(request_key, RequestField.KEY_ID) is None:
-                raise ReservationLost(spec.request_id)
-            if not options.still_held(pipe, spec.request_id):
-                raise ReservationLost(spec.request_id)
-            pipe.multi()  # explicit: rq then adds its commands to this same MULTI/EXEC
-            pipe.hset(request_key, mapping=record)
-            pipe.expire(request_key, ttl)
-            pipe.set(spec.input_key, image, ex=ttl)
-            pipe.zadd(self.keys.queued, {spec.request_id: spec.created_at})
-            pipe.zrem(self.keys.reservations, spec.request_id)
-            options.write(pipe, self.keys, spec, ttl)
-            self._queues[spec.base_model].enqueue_call(
-                JOB_FUNCTION,
-                args=(spec.request_id,),
-                job_id=spec.request_id,
-                timeout=JOB_TIMEOUT_S,
-                result_ttl=0,
-                failure_ttl=self.settings.result_ttl_s,
-                ttl=ttl,
-                pipeline=pipe,
-            )
-            try:
-                pipe.execute()
-            except redis.WatchError:
-                raise ReservationLost(spec.request_id) from None
+        pipe = self.sync.pipeline(transaction=True)
+        pipe.multi()  # rq adds its commands to a transaction it is given
+        pipe.hset(request_key, mapping=record)
+        pipe.expire(request_key, ttl)
+        pipe.set(spec.input_key, image, ex=ttl)
+        pipe.zadd(self.keys.queued, {spec.request_id: spec.created_at})
+        pipe.zrem(self.keys.reservations, spec.request_id)
+        options.write(pipe, self.keys, spec, ttl)
+        queue.enqueue_call(
+            JOB_FUNCTION,
+            args=(spec.request_id,),
+            job_id=spec.request_id,
+            timeout=JOB_TIMEOUT_S,
+            result_ttl=0,
+            failure_ttl=self.settings.result_ttl_s,
+            ttl=ttl,
+            pipeline=pipe,
+        )
+        flat: list[Any] = []
+        for command, _options in pipe.command_stack:
+            flat += [len(command), *command]
+        return flat

@@ -1,6 +1,6 @@
 """What a submission carries beyond its body (CONTRACT 10): the request id its Idempotency-Key
-record holds, that record, and its Cancel-After. The submission's enqueue writes them in its
-MULTI/EXEC, beside the request itself, so they exist exactly when the request does."""
+record holds, that record, and its Cancel-After. The submission's enqueue writes them in its one
+step (enqueue.lua), beside the request itself, so they exist exactly when the request does."""
 
 from __future__ import annotations
 
@@ -18,20 +18,8 @@ class RequestOptions:
     idempotency_record: str | None = None
     cancel_after_s: float | None = None  # Cancel-After: seconds from submission (app/core/deadlines.py)
 
-    def watched(self) -> list[str]:
-        """Keys the enqueue WATCHes: a change to them between the check and EXEC fails the EXEC."""
-        return [self.idempotency_record] if self.idempotency_record else []
-
-    def still_held(self, pipe: Any, request_id: str) -> bool:
-        """Under WATCH, before MULTI: the Idempotency-Key record still names this request (it is
-        another submission's if its pending TTL ran out while this one stalled)."""
-        if not self.idempotency_record:
-            return True
-        held = pipe.hget(self.idempotency_record, idempotency.REQUEST_ID)
-        return held is not None and held.decode() == request_id
-
     def write(self, pipe: Any, keys: RedisKeys, spec: JobSpec, ttl: int) -> None:
-        """Inside the enqueue's MULTI: what the options add to a new request, with its TTL."""
+        """Among the enqueue's writes: what the options add to a new request, with its TTL."""
         # The key's listing index (GET /v2/requests): it lives as long as its newest request may,
         # and loses the entries older than any request can be (no key without a TTL, no growth).
         # Where the request goes back when its key's concurrency limit parked it (_concurrency.lua).
