@@ -61,9 +61,15 @@ class Stack:
             stderr=subprocess.STDOUT,
         )
 
-    def start_api(self) -> None:
-        self.api = self._spawn("api", "api", "--port", str(self.port))
+    def start_api(self, processes: int = 1) -> None:
+        """`processes` > 1: `api --workers N` (uvicorn's supervisor and N processes on one port)."""
+        extra = ("--workers", str(processes)) if processes > 1 else ()
+        self.api = self._spawn("api", "api", "--port", str(self.port), *extra)
         self.wait_for(lambda: self._get("/healthz") == 200, "the API to answer")
+
+    def stop_api(self) -> None:
+        self.api.send_signal(signal.SIGTERM)
+        self.api.wait(timeout=30)
 
     def start_worker(
         self,

@@ -133,6 +133,8 @@ class Submitter:
         queue = self._queues[spec.base_model]
         if queue.redis_server_version is None:  # rq asks once per Queue (INFO), on its sync client
             await anyio.to_thread.run_sync(queue.get_redis_server_version)
+        writes = self._writes(queue, spec, image, webhook_url, base_url, options)
+        layout, blob = lua_scripts.pack_commands(writes, self.aio.get_encoder())
         reply = await lua_scripts.run(
             self.aio,
             "enqueue",
@@ -140,10 +142,7 @@ class Submitter:
                 "request": self.keys.request(spec.request_id),
                 "idempotency_record": [options.idempotency_record] if options.idempotency_record else [],
             },
-            args={
-                "request_id": spec.request_id,
-                "commands": self._writes(queue, spec, image, webhook_url, base_url, options),
-            },
+            args={"request_id": spec.request_id, "layout": layout, "blob": blob},
         )
         if reply != b"QUEUED":
             raise ReservationLost(spec.request_id)
@@ -156,9 +155,9 @@ class Submitter:
         webhook_url: str | None,
         base_url: str,
         options: RequestOptions,
-    ) -> list[Any]:
-        """The enqueue's commands, flattened for enqueue.lua: recorded on a pipeline that never runs
-        (a redis-py pipeline buffers everything until `execute`, so recording does no I/O)."""
+    ) -> list[tuple[Any, ...]]:
+        """The enqueue's commands, recorded on a pipeline that never runs (a redis-py pipeline
+        buffers everything until `execute`, so recording does no I/O)."""
         request_key = self.keys.request(spec.request_id)
         record = {
             RequestField.STATUS: Status.QUEUED.value,
@@ -191,7 +190,4 @@ class Submitter:
             ttl=ttl,
             pipeline=pipe,
         )
-        flat: list[Any] = []
-        for command, _options in pipe.command_stack:
-            flat += [len(command), *command]
-        return flat
+        return [command for command, _options in pipe.command_stack]

@@ -25,6 +25,7 @@ class DecodeBudget:
         self.in_use = 0
         # Created lazily: an asyncio primitive binds to the loop of its first use.
         self._changed: asyncio.Condition | None = None
+        self._waiters = 0  # decodes waiting for room: a new one queues behind them
 
     @asynccontextmanager
     async def hold(self, cost_bytes: int) -> AsyncIterator[None]:
@@ -32,20 +33,32 @@ class DecodeBudget:
         if self._changed is None:
             self._changed = asyncio.Condition()
         changed = self._changed
-        async with changed:
-            try:
-                await asyncio.wait_for(
-                    changed.wait_for(lambda: self.in_use + cost <= self.capacity), self.wait_s
-                )
-            except TimeoutError:
-                raise Overloaded(
-                    "the server is decoding too many large images right now; retry shortly",
-                    headers={"Retry-After": str(RETRY_AFTER_S)},
-                ) from None
+        if self.in_use + cost <= self.capacity and not self._waiters:
+            # Room now and nobody ahead: taken without the condition (one event loop, no await
+            # between the check and the take), the common case of every small image.
             self.in_use += cost
+        else:
+            await self._wait_for_room(changed, cost)
         try:
             yield
         finally:
+            self.in_use -= cost
+            if self._waiters:
+                async with changed:
+                    changed.notify_all()
+
+    async def _wait_for_room(self, changed: asyncio.Condition, cost: int) -> None:
+        self._waiters += 1
+        try:
             async with changed:
-                self.in_use -= cost
-                changed.notify_all()
+                await asyncio.wait_for(
+                    changed.wait_for(lambda: self.in_use + cost <= self.capacity), self.wait_s
+                )
+                self.in_use += cost
+        except TimeoutError:
+            raise Overloaded(
+                "the server is decoding too many large images right now; retry shortly",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
+        finally:
+            self._waiters -= 1

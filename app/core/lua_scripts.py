@@ -32,7 +32,7 @@ from app.core.job_spec import ENDING_ERRORS, Status
 from app.core.redis_keys import KeyField, RequestField
 
 # Libraries in dependency order: a library may call those before it.
-LIBRARIES = ("refund", "events", "concurrency", "end_request")
+LIBRARIES = ("refund", "events", "concurrency", "end_request", "commands")
 _DECLARATION = re.compile(r"^--! (keys|args):(.*)$", re.MULTILINE)
 _FUNCTION = re.compile(r"^local function (\w+)\(", re.MULTILINE)
 
@@ -117,3 +117,19 @@ def run(client: Any, name: str, *, keys: Mapping[str, Any], args: Mapping[str, A
         keys=script.flatten(script.key_names, keys, "keys"),
         args=script.flatten(script.arg_names, args or {}, "args"),
     )
+
+
+def pack_commands(commands: Sequence[Sequence[Any]], encoder: Any) -> tuple[str, bytes]:
+    """Commands for a script to replay, as two arguments: the layout (per command its argument
+    count, then each argument's length, all comma-separated) and every argument, encoded by the
+    client's `encoder`, joined into one string. One argument per command part would be packed by
+    redis-py's asyncio client in Python, at a cost that grows with the square of their number (a
+    submission's enqueue has about 100). Read back by `commands_in(layout, blob)` (_commands.lua)."""
+    layout: list[str] = []
+    parts: list[bytes] = []
+    for command in commands:
+        encoded = [encoder.encode(arg) for arg in command]
+        layout.append(str(len(encoded)))
+        layout += [str(len(part)) for part in encoded]
+        parts += encoded
+    return ",".join(layout), b"".join(parts)
