@@ -197,33 +197,47 @@ def load() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
+ROUNDS = 3  # v2 then bare rq, alternated: this machine's speed drifts between runs
+
+
 def v2_under_load(stack, headers: dict[str, str], body: dict, label: str) -> float:
-    """One v2 run from 32 clients and the bare rq baseline right after it; prints both, returns the p50."""
+    """ROUNDS of a v2 run from 32 clients, each followed by the bare rq baseline; prints the medians
+    over the rounds of both p50s (and p99s), their ratio and the CPU per submission; returns the p50."""
     monitor = stack.redis()
-    client_before, api_before = time.process_time(), cpu_seconds(stack.api.pid)
-    redis_before = redis_cpu_seconds(monitor)
-    latencies = asyncio.run(v2_submits(stack.base_url, headers, body))
-    count = SUBMITS + CONCURRENCY  # with the warm-up round
-    client_cpu = (time.process_time() - client_before) / count
-    api_cpu = (cpu_seconds(stack.api.pid) - api_before) / count
-    redis_cpu = (redis_cpu_seconds(monitor) - redis_before) / count
-    bare_before, redis_before = time.process_time(), redis_cpu_seconds(monitor)
-    bare = bare_rq(stack, CONCURRENCY)
-    bare_cpu = (time.process_time() - bare_before) / SUBMITS
-    bare_redis_cpu = (redis_cpu_seconds(monitor) - redis_before) / SUBMITS
+    rows: dict[str, list[float]] = {
+        k: [] for k in ("p50", "p99", "bare_p50", "bare_p99", "api", "redis", "client", "bare", "bare_redis")
+    }
+    for _ in range(ROUNDS):
+        client_before, api_before = time.process_time(), cpu_seconds(stack.api.pid)
+        redis_before = redis_cpu_seconds(monitor)
+        latencies = asyncio.run(v2_submits(stack.base_url, headers, body))
+        count = SUBMITS + CONCURRENCY  # with the warm-up round
+        rows["client"].append((time.process_time() - client_before) / count)
+        rows["api"].append((cpu_seconds(stack.api.pid) - api_before) / count)
+        rows["redis"].append((redis_cpu_seconds(monitor) - redis_before) / count)
+        bare_before, redis_before = time.process_time(), redis_cpu_seconds(monitor)
+        bare = bare_rq(stack, CONCURRENCY)
+        rows["bare"].append((time.process_time() - bare_before) / SUBMITS)
+        rows["bare_redis"].append((redis_cpu_seconds(monitor) - redis_before) / SUBMITS)
+        rows["p50"].append(pct(latencies, 0.5))
+        rows["p99"].append(pct(latencies, 0.99))
+        rows["bare_p50"].append(pct(bare, 0.5))
+        rows["bare_p99"].append(pct(bare, 0.99))
+    m = {k: statistics.median(v) for k, v in rows.items()}
     bare_one = bare_rq(stack, 1)
-    p50 = pct(latencies, 0.5)
+    ratios = ", ".join(f"{a / b:.2f}x" for a, b in zip(rows["p50"], rows["bare_p50"], strict=True))
     print(
-        f"v2 submit, {label}, {CONCURRENCY} clients x {SUBMITS // CONCURRENCY}: "
-        f"p50 {ms(p50)}, p99 {ms(pct(latencies, 0.99))}; bare rq enqueue, {CONCURRENCY} clients: "
-        f"p50 {ms(pct(bare, 0.5))}, p99 {ms(pct(bare, 0.99))} (ratio of p50s "
-        f"{p50 / pct(bare, 0.5):.2f}x); bare rq, 1 client: p50 {ms(pct(bare_one, 0.5))}"
+        f"v2 submit, {label}, {CONCURRENCY} clients x {SUBMITS // CONCURRENCY}, medians of {ROUNDS} rounds: "
+        f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}; bare rq enqueue, {CONCURRENCY} clients: "
+        f"p50 {ms(m['bare_p50'])}, p99 {ms(m['bare_p99'])} (ratio of p50s {m['p50'] / m['bare_p50']:.2f}x;"
+        f" per round {ratios})"
+        f"; bare rq, 1 client: p50 {ms(pct(bare_one, 0.5))}"
     )
     print(
-        f"  CPU per submission: API {ms(api_cpu)} + Redis {ms(redis_cpu)} + HTTP clients {ms(client_cpu)};"
-        f" bare rq enqueue: client {ms(bare_cpu)} + Redis {ms(bare_redis_cpu)}"
+        f"  CPU per submission: API {ms(m['api'])} + Redis {ms(m['redis'])} + HTTP clients {ms(m['client'])};"
+        f" bare rq enqueue: client {ms(m['bare'])} + Redis {ms(m['bare_redis'])}"
     )
-    return p50
+    return m["p50"]
 
 
 def main() -> None:
