@@ -165,6 +165,31 @@ def test_a_reservation_whose_api_died_before_the_enqueue_is_rolled_back(stack):
     assert not list(stack.redis().scan_iter(f"{stack.prefix}:req:*")), "no half-written request is left"
 
 
+def test_an_enqueue_after_its_reservation_was_rolled_back_writes_nothing(stack):
+    """The API frozen between reserve and enqueue past the reaper's roll back, then let go: its
+    enqueue (enqueue.lua) finds the reservation gone, writes nothing and answers 502; no request
+    runs that nobody paid for."""
+    key = stack.create_key(name="late", credits=10)
+    answers: list[httpx.Response] = []
+    body = {"image": IMAGE, "prompt": "p", "samples": 4, **FAST}
+    submit = lambda: answers.append(  # noqa: E731
+        httpx.post(f"{stack.base_url}/v2/{SLUG}", json=body, headers={"x-api-key": key}, timeout=120)
+    )
+    freeze_after_script(stack, stack.api.pid, "reserve", submit)
+    assert balance(stack, key) == 6
+    wait_until(lambda: balance(stack, key) == 10, 3 * JOB_LOST_S, "the reservation to be rolled back")
+    os.kill(stack.api.pid, signal.SIGCONT)
+    wait_until(lambda: answers, 60, "the submission to be answered")
+    assert answers[0].status_code == 502, answers[0].text
+    request_id = answers[0].headers["x-request-id"]
+    client = stack.redis()
+    assert not client.exists(stack.keys.request(request_id)), "no request was written"
+    assert not client.exists(stack.keys.input_image(request_id))
+    assert client.llen(stack.keys.rq_queue_key("tiny")) == 0, "nothing was queued"
+    time.sleep(1)
+    assert balance(stack, key) == 10, "nothing charged"
+
+
 def test_a_cancel_accepted_during_the_decode_ends_failed_and_refunded_never_completed(stack):
     key = stack.create_key(name="late", credits=10)
     [worker] = stack.workers
