@@ -118,7 +118,7 @@ class Submitter:
         try:
             await self._enqueue(spec, image.handoff, params.webhook_url, base_url, options)
         except (redis.RedisError, ReservationLost):
-            # Give the credits back now if Redis lets us (else the reaper will). The EXEC may have
+            # Give the credits back now if Redis lets us (else the reaper will). The script may have
             # run with its reply lost: then the request exists, and its id lets the client see it.
             with contextlib.suppress(redis.RedisError):
                 await anyio.to_thread.run_sync(admission.unreserve, self.sync, self.keys, request_id)
