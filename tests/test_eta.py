@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from app.core import eta
-from tests.faults import running_worker, slow_job, wait_request_end
+from tests.faults import request_fields, running_worker, slow_job, wait_request_end, wait_until
+from tests.specs import make_spec
 from tests.stack import Stack, start_full_stack
 
 pytestmark = pytest.mark.e2e
@@ -43,6 +44,13 @@ def status(http: httpx.Client, request_id: str) -> dict:
     return http.get(f"/v2/requests/{request_id}/status").json()
 
 
+def running_paced(stack: Stack, request_id: str) -> None:
+    """Until the request has made two steps: from then on its ETA is its own pace (before, the
+    measured average's), so every read of the test uses the same estimate."""
+    running_worker(stack, request_id, timeout=60)
+    wait_until(lambda: int(request_fields(stack, request_id).get("step") or 0) >= 2, 60, "a second step")
+
+
 def test_eta_while_queued_and_processing_then_gone(http, stack):
     # Requests of the size measured first (before any, the estimate is a GPU-class guess); two, as
     # a fresh worker's first job pays one-time costs that the moving average then mostly forgets.
@@ -50,7 +58,7 @@ def test_eta_while_queued_and_processing_then_gone(http, stack):
         first = submit(http, slow_job(64, 20))
         wait_request_end(lambda first=first: status(http, first), timeout=60)
     blocker = submit(http, slow_job(128, 100))
-    running_worker(stack, blocker, timeout=60)
+    running_paced(stack, blocker)
     waiting = submit(http, slow_job(64, 20))
     queued = status(http, waiting)
     running = status(http, blocker)
@@ -82,7 +90,7 @@ def test_eta_is_null_when_no_worker_serves_the_model(http):
 
 def test_queue_full_retry_after_is_the_estimate(http, stack):
     blocker = submit(http, slow_job(128, 100))  # about 2.5 s on this box
-    running_worker(stack, blocker, timeout=60)
+    running_paced(stack, blocker)
     queued = [submit(http, slow_job(64, 20)) for _ in range(MAX_QUEUE)]
     refused = http.post(f"/v2/{SLUG}", json=slow_job(64, 20))
     assert refused.status_code == 429
@@ -100,3 +108,16 @@ def test_queue_full_retry_after_is_the_estimate(http, stack):
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
     for request_id in idle:
         http.delete(f"/v2/requests/{request_id}")
+
+
+def test_a_running_request_is_paced_from_its_first_step_not_from_its_start():
+    """4 s of encoding before step 1, then 10 steps in 1 s: 89 steps left are 8.9 s, not the 40.5 s
+    that the pace since the start (5 s for 11 steps) would give. Before step 2 there is no pace yet:
+    the measured cost less the time since the start."""
+    now = 1000.0
+    spec = make_spec(num_inference_steps=100, strength=1.0, samples=1)
+    steps = eta.StepTimes({"tiny:" + str(eta.size_bucket(64, 64)): "0.1"})
+    paced = {"step": "11", "total": "100", "started_at": str(now - 5), "first_step_at": str(now - 1)}
+    assert eta._remaining(spec, paced, steps, now) == pytest.approx(8.9)
+    first = {"step": "1", "total": "100", "started_at": str(now - 4), "first_step_at": str(now)}
+    assert eta._remaining(spec, first, steps, now) == pytest.approx(100 * 0.1 - 4)

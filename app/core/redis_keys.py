@@ -139,6 +139,7 @@ class RequestField:
     ATTEMPTS = "attempts"
     STEP = "step"
     TOTAL = "total"
+    FIRST_STEP_AT = "first_step_at"  # worker clock at step 1 of the current run: the ETA's pace
     RESULT = "result"  # JSON: {"images": [...], "seeds": [...], "inference_time": s}
     CANCEL = "cancel"  # set to 1 when a cancel was asked for a PROCESSING request
     REFUNDED = "refunded"  # set once credits were given back (exactly once)

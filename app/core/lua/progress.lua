@@ -13,6 +13,9 @@ for i, request in ipairs(K.requests) do
   else
     if A.step ~= '' then
       redis.call('HSET', request, F.STEP, A.step, F.TOTAL, A.total)
+      -- the ETA's pace is taken from here on: what comes before step 1 (text and image encoding)
+      -- is paid once, not once per step
+      if A.step == '1' then redis.call('HSET', request, F.FIRST_STEP_AT, A.now) end
       emit_event(A.events_prefix .. A.ids[i], request, 'progress', 'step', A.step, 'total', A.total)
     end
     local deadline = tonumber(redis.call('HGET', request, F.DEADLINE) or 'inf')
