@@ -269,9 +269,29 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
     install_context(context)
     heartbeat = Heartbeat(settings, context, model_names, engine_info=lambda: device_info(engine))
     context.stop_heartbeat = heartbeat.stop
-    first_beat(heartbeat)
-    heartbeat.start()
+    # Until RQ's work() installs its own handlers, SIGTERM's default action would end the process
+    # with this worker left in the registry: leave through the `finally` (unregister) instead.
+    signal.signal(signal.SIGTERM, _exit_before_rq)
+    try:
+        first_beat(heartbeat)
+        heartbeat.start()
+        worker = rq_worker(settings, keys, model_names, context)
+        heartbeat.rq_worker = worker
+        log.info("worker listening", extra={"worker": context.worker_id, "queues": worker.queue_names()})
+        work_until_stopped(worker, settings.log_level)
+    finally:
+        heartbeat.stop()
+        install_context(None)
+    return 1 if heartbeat.lost else 0
 
+
+def _exit_before_rq(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def rq_worker(
+    settings: Settings, keys: RedisKeys, model_names: list[str], context: WorkerContext
+) -> SimpleWorker:
     rq_connection = redis.Redis.from_url(
         settings.redis_url, socket_connect_timeout=settings.redis_socket_timeout_s
     )
@@ -279,21 +299,13 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
         Queue(keys.queue_name(name), connection=rq_connection, serializer=JSONSerializer)
         for name in model_names
     ]
-    worker = SimpleWorker(
+    return SimpleWorker(
         queues,
         connection=rq_connection,
         serializer=JSONSerializer,
         name=context.worker_id,
         worker_ttl=RQ_WORKER_TTL_S,
     )
-    heartbeat.rq_worker = worker
-    log.info("worker listening", extra={"worker": context.worker_id, "queues": [q.name for q in queues]})
-    try:
-        work_until_stopped(worker, settings.log_level)
-    finally:
-        heartbeat.stop()
-        install_context(None)
-    return 1 if heartbeat.lost else 0
 
 
 def work_until_stopped(worker: SimpleWorker, log_level: str) -> None:
