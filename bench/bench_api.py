@@ -99,14 +99,14 @@ async def v2_submits(base_url: str, headers: dict[str, str], body: dict) -> list
     Content-Length, a small JSON body): the request's bytes are built once."""
     url = urlsplit(base_url)
     payload = json.dumps(body).encode()
-    head = [
+    request_lines = [
         f"POST /v2/{SLUG} HTTP/1.1",
         f"Host: {url.netloc}",
         "Content-Type: application/json",
         f"Content-Length: {len(payload)}",
         *(f"{name}: {value}" for name, value in headers.items()),
     ]
-    request = ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+    request = ("\r\n".join(request_lines) + "\r\n\r\n").encode() + payload
     latencies: list[float] = []
 
     async def client(n: int) -> None:
@@ -115,13 +115,15 @@ async def v2_submits(base_url: str, headers: dict[str, str], body: dict) -> list
             for _ in range(n):
                 started = time.perf_counter()
                 writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
+                answer_head = await reader.readuntil(b"\r\n\r\n")
                 length = next(
-                    int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:"
+                    int(line[15:])
+                    for line in answer_head.split(b"\r\n")
+                    if line[:15].lower() == b"content-length:"
                 )
                 answer = await reader.readexactly(length)
                 latencies.append(time.perf_counter() - started)
-                assert head.startswith(b"HTTP/1.1 200 "), (head, answer)
+                assert answer_head.startswith(b"HTTP/1.1 200 "), (answer_head, answer)
         finally:
             writer.close()
 
