@@ -1,4 +1,4 @@
-"""Admission cost on the hot path: `authenticate` + `reserve` against the local Redis, beside a
+"""Admission cost on the hot path: `authenticate` + `admit` against the local Redis, beside a
 bare PING (the floor: one round trip), sequential calls on one async connection.
 
     .venv/bin/python bench/bench_admission.py [--calls 2000]
@@ -20,8 +20,7 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
-from app.core import api_keys
-from app.core.admission import authenticate, reserve
+from app.core import admission, api_keys
 from app.core.models_config import load_models_config
 from app.core.redis_keys import RedisKeys
 from app.core.settings import Settings, load_settings
@@ -62,10 +61,10 @@ async def run(settings: Settings, calls: int) -> list[str]:
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
 
-        def admit(key: str, s: Settings, tag: str) -> Callable[[int], Awaitable[object]]:
+        def admitted(key: str, s: Settings, tag: str) -> Callable[[int], Awaitable[object]]:
             async def step(i: int) -> None:
-                record = await authenticate(r, keys, s, key)
-                await reserve(
+                record = await admission.authenticate(r, keys, s, key)
+                await admission.admit(
                     r, keys, s, record, request_id=f"bench-{tag}-{i}", cost=1, queue_keys=queue_keys
                 )
 
@@ -75,19 +74,19 @@ async def run(settings: Settings, calls: int) -> list[str]:
             summary("PING", await timed(calls, lambda i: r.ping())),
             summary(
                 "authenticate (metered key, rate counted)",
-                await timed(calls, lambda i: authenticate(r, keys, settings, metered)),
+                await timed(calls, lambda i: admission.authenticate(r, keys, settings, metered)),
             ),
             summary(
-                "authenticate + reserve (metered key)",
-                await timed(calls, admit(metered, settings, "metered")),
+                "authenticate + admit (metered key)",
+                await timed(calls, admitted(metered, settings, "metered")),
             ),
             summary(
-                "authenticate + reserve (unlimited key)",
-                await timed(calls, admit(unlimited, settings, "unlimited")),
+                "authenticate + admit (unlimited key)",
+                await timed(calls, admitted(unlimited, settings, "unlimited")),
             ),
             summary(
-                "authenticate + reserve (SDXL_AUTH=disabled)",
-                await timed(calls, admit("", open_settings, "open")),
+                "authenticate + admit (SDXL_AUTH=disabled)",
+                await timed(calls, admitted("", open_settings, "open")),
             ),
         ]
     finally:

@@ -25,7 +25,7 @@ def _text(fields: dict[bytes, bytes]) -> dict[str, str]:
 
 
 def server_requests(client: redis.Redis, keys: RedisKeys, key_id: str) -> dict[str, dict[str, str]]:
-    """Every request hash of the key, {id: fields}; one with no status yet is a bare reservation."""
+    """Every request hash of the key, {id: fields}."""
     found = {}
     for name in client.scan_iter(match=keys.request("*"), count=1000):
         fields = _text(client.hgetall(name))
@@ -35,9 +35,8 @@ def server_requests(client: redis.Redis, keys: RedisKeys, key_id: str) -> dict[s
 
 
 def unsettled(client: redis.Redis, keys: RedisKeys, key_id: str) -> list[str]:
-    """Ids of the key's requests not yet ended, and of reservations not yet rolled back."""
-    pending = [i for i, f in server_requests(client, keys, key_id).items() if f.get("status") not in ENDED]
-    return pending + [r.decode() for r in client.zrange(keys.reservations, 0, -1)]
+    """Ids of the key's requests not yet ended."""
+    return [i for i, f in server_requests(client, keys, key_id).items() if f.get("status") not in ENDED]
 
 
 def wait_settled(client: redis.Redis, keys: RedisKeys, key_id: str, timeout: float) -> float | None:

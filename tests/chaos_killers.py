@@ -1,8 +1,9 @@
 """The faults of the chaos run (tests/chaos_run.py): SIGKILL of a worker, of the API or of Redis at a
 random moment, and at the worst moments: a worker right after its `start` step set a request
-PROCESSING, a worker right after its `finish` step, the API right after a `reserve` step (credits
-taken, nothing queued yet), Redis right after it answered a `finish`. Whatever is killed comes back
-at once (a worker without waiting for it to be ready, as a supervisor would restart it)."""
+PROCESSING, a worker right after its `finish` step, the API right after its `submit` step (credits
+taken and the request queued, the answer not sent), Redis right after it answered a `finish`.
+Whatever is killed comes back at once (a worker without waiting for it to be ready, as a supervisor
+would restart it)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from tests.private_redis import PrivateRedis
 from tests.stack import Stack
 
 RANDOM_KINDS = ("worker", "api", "redis")
-WORST_MOMENT_KINDS = ("worker after start", "worker after finish", "api after reserve", "redis after finish")
+WORST_MOMENT_KINDS = ("worker after start", "worker after finish", "api after submit", "redis after finish")
 KINDS = RANDOM_KINDS + WORST_MOMENT_KINDS
 # Random kills are the common case; each worst moment still comes several times in a long run.
 WEIGHTS = (4, 2, 2, 2, 1, 1, 1)
@@ -68,7 +69,7 @@ class Fleet:
             "redis": self._kill_redis,
             "worker after start": lambda: self._kill_after("start", self._worker_pid_in),
             "worker after finish": lambda: self._kill_after("finish", self._worker_pid_in),
-            "api after reserve": lambda: self._kill_after("reserve", lambda line: self.stack.api.pid),
+            "api after submit": lambda: self._kill_after("submit", lambda line: self.stack.api.pid),
             "redis after finish": lambda: self._kill_after("finish", lambda line: self.durable.pid),
         }[kind]()
         if killed is False:

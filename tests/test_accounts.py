@@ -166,7 +166,7 @@ def test_clear_key_appears_nowhere_in_redis(
             for key in (limited, unlimited, "static-secret-value"):
                 await admission.authenticate(r, keys, settings, key)
             record = await admission.authenticate(r, keys, settings, limited)
-            await admission.reserve(r, keys, settings, record, request_id=request_id, cost=2, queue_keys=[])
+            await admission.admit(r, keys, settings, record, request_id=request_id, cost=2, queue_keys=[])
             await admission.refund(r, keys, request_id)
         finally:
             await r.aclose()

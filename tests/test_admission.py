@@ -1,5 +1,5 @@
-"""Admission against a real Redis: authentication, rate limits, model permissions, credit
-reservation under concurrency, queue-full, and exactly-once refunds."""
+"""Admission against a real Redis: authentication, rate limits, model permissions, credits taken
+under concurrency, queue-full, the submission's writes in the same step, and exactly-once refunds."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from app.core import api_keys
 from app.core.admission import (
     ANONYMOUS,
     QueueFull,
+    Superseded,
+    admit,
     authenticate,
     check_model_allowed,
     parse_api_key,
     refund,
     refund_sync,
-    reserve,
 )
 from app.core.errors import Conflict, Forbidden, InsufficientCredits, MissingKey, RateLimited, Unauthorized
 from app.core.redis_keys import RedisKeys, RequestField
@@ -204,13 +205,13 @@ def _balance(redis_client: redis.Redis, keys: RedisKeys, key_id: str) -> int | N
     return api_keys.get_key(redis_client, keys, key_id).credits
 
 
-def test_reserve_takes_the_cost_and_records_it(
+def test_admit_takes_the_cost_and_records_it(
     redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
     _, record = api_keys.create_key(redis_client, keys, name="a", credits=5)
     request_id = new_request()
     remaining = with_redis(
-        settings, lambda r: reserve(r, keys, settings, record, request_id=request_id, cost=2, queue_keys=[])
+        settings, lambda r: admit(r, keys, settings, record, request_id=request_id, cost=2, queue_keys=[])
     )
     assert remaining == 3 == _balance(redis_client, keys, record.id)
     stored = redis_client.hgetall(keys.request(request_id))
@@ -220,23 +221,23 @@ def test_reserve_takes_the_cost_and_records_it(
     other = new_request()
     with_redis(
         settings,
-        lambda r: reserve(
+        lambda r: admit(
             r, keys, settings, record, request_id=other, cost=1, queue_keys=[], pending_ttl_s=600
         ),
     )
     assert 590 <= redis_client.ttl(keys.request(other)) <= 600
-    # Reserving twice for one request would charge twice but refund once: refused.
+    # Admitting one request twice would charge twice but refund once: refused.
     with pytest.raises(Conflict):
         with_redis(
             settings,
-            lambda r: reserve(r, keys, settings, record, request_id=request_id, cost=2, queue_keys=[]),
+            lambda r: admit(r, keys, settings, record, request_id=request_id, cost=2, queue_keys=[]),
         )
     assert (
         _balance(redis_client, keys, record.id) == 2
-    )  # 5 - 2 - 1: the refused second reservation took nothing
+    )  # 5 - 2 - 1: the refused second admission took nothing
 
 
-def test_reserve_short_balance_says_needed_and_available(
+def test_admit_short_balance_says_needed_and_available(
     redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
     _, record = api_keys.create_key(redis_client, keys, name="a", credits=2)
@@ -244,7 +245,7 @@ def test_reserve_short_balance_says_needed_and_available(
     with pytest.raises(InsufficientCredits) as caught:
         with_redis(
             settings,
-            lambda r: reserve(r, keys, settings, record, request_id=request_id, cost=3, queue_keys=[]),
+            lambda r: admit(r, keys, settings, record, request_id=request_id, cost=3, queue_keys=[]),
         )
     assert caught.value.status_code == 406
     assert "needs 3" in caught.value.message and "has 2" in caught.value.message
@@ -252,7 +253,7 @@ def test_reserve_short_balance_says_needed_and_available(
     assert not redis_client.exists(keys.request(request_id))
 
 
-def test_reserve_unlimited_and_anonymous(
+def test_admit_unlimited_and_anonymous(
     redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
     _, record = api_keys.create_key(redis_client, keys, name="a")
@@ -260,8 +261,8 @@ def test_reserve_unlimited_and_anonymous(
 
     async def body(r: aioredis.Redis) -> list[int | None]:
         return [
-            await reserve(r, keys, settings, record, request_id=ids[0], cost=4, queue_keys=[]),
-            await reserve(r, keys, settings, ANONYMOUS, request_id=ids[1], cost=4, queue_keys=[]),
+            await admit(r, keys, settings, record, request_id=ids[0], cost=4, queue_keys=[]),
+            await admit(r, keys, settings, ANONYMOUS, request_id=ids[1], cost=4, queue_keys=[]),
         ]
 
     assert with_redis(settings, body) == [None, None]
@@ -269,7 +270,7 @@ def test_reserve_unlimited_and_anonymous(
     assert redis_client.hget(keys.request(ids[1]), RequestField.KEY_ID) == b"anonymous"
 
 
-def test_reserve_refuses_a_key_revoked_after_authentication(
+def test_admit_refuses_a_key_revoked_after_authentication(
     redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
     key, _ = api_keys.create_key(redis_client, keys, name="a", credits=5)
@@ -278,7 +279,7 @@ def test_reserve_refuses_a_key_revoked_after_authentication(
         record = await authenticate(r, keys, settings, key)
         api_keys.revoke_key(redis_client, keys, record.id)
         with pytest.raises(Unauthorized):
-            await reserve(r, keys, settings, record, request_id=new_request(), cost=1, queue_keys=[])
+            await admit(r, keys, settings, record, request_id=new_request(), cost=1, queue_keys=[])
 
     with_redis(settings, body)
     assert api_keys.get_key(redis_client, keys, key).credits == 5
@@ -292,14 +293,14 @@ def _count(outcomes: list[Any]) -> tuple[list[int], int]:
     return accepted, len(refused)
 
 
-def test_30_concurrent_reservations_against_5_credits(
+def test_30_concurrent_admissions_against_5_credits(
     redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
     _, record = api_keys.create_key(redis_client, keys, name="a", credits=5)
 
     async def body(r: aioredis.Redis) -> list[Any]:
         calls = [
-            reserve(r, keys, settings, record, request_id=new_request(), cost=1, queue_keys=[])
+            admit(r, keys, settings, record, request_id=new_request(), cost=1, queue_keys=[])
             for _ in range(30)
         ]
         return await asyncio.gather(*calls, return_exceptions=True)
@@ -310,7 +311,7 @@ def test_30_concurrent_reservations_against_5_credits(
     assert _balance(redis_client, keys, record.id) == 0
 
 
-def test_30_reservations_from_threads_with_separate_clients(
+def test_30_admissions_from_threads_with_separate_clients(
     redis_client: redis.Redis, keys: RedisKeys, settings: Settings
 ) -> None:
     _, record = api_keys.create_key(redis_client, keys, name="a", credits=5)
@@ -320,9 +321,9 @@ def test_30_reservations_from_threads_with_separate_clients(
 
     def one() -> None:
         async def body(r: aioredis.Redis) -> int | None:
-            await r.ping()  # connect first, so that the barrier lines up the reservations themselves
+            await r.ping()  # connect first, so that the barrier lines up the admissions themselves
             await asyncio.get_running_loop().run_in_executor(None, barrier.wait)
-            return await reserve(r, keys, settings, record, request_id=new_request(), cost=1, queue_keys=[])
+            return await admit(r, keys, settings, record, request_id=new_request(), cost=1, queue_keys=[])
 
         try:
             result: Any = with_redis(settings, body)
@@ -342,6 +343,56 @@ def test_30_reservations_from_threads_with_separate_clients(
     assert _balance(redis_client, keys, record.id) == 0
 
 
+def test_admit_runs_the_requests_writes_in_the_same_step(
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
+) -> None:
+    _, record = api_keys.create_key(redis_client, keys, name="a", credits=1)
+    request_id, marker = new_request(), f"{keys.prefix}:marker"
+    writes = [("HSET", keys.request(request_id), RequestField.STATUS, "QUEUED"), ("SET", marker, b"\x00\xff")]
+    call = lambda r: admit(  # noqa: E731
+        r, keys, settings, record, request_id=request_id, cost=1, queue_keys=[], commands=writes
+    )
+    assert with_redis(settings, call) == 0
+    assert redis_client.hget(keys.request(request_id), RequestField.STATUS) == b"QUEUED"
+    assert redis_client.get(marker) == b"\x00\xff"  # binary arguments arrive as sent
+    redis_client.delete(marker)
+    request_id = new_request()
+    with pytest.raises(InsufficientCredits):
+        with_redis(settings, call)
+    assert not redis_client.exists(marker) and not redis_client.exists(keys.request(request_id))
+
+
+def test_admit_writes_nothing_when_its_idempotency_record_names_another_request(
+    redis_client: redis.Redis, keys: RedisKeys, settings: Settings
+) -> None:
+    """The record's pending TTL ran out while this submission stalled and a later submission with
+    the same Idempotency-Key took it: this one must not run a second request."""
+    _, record = api_keys.create_key(redis_client, keys, name="a", credits=5)
+    request_id, idempotency_record = new_request(), f"{keys.prefix}:idem"
+    redis_client.hset(idempotency_record, "request_id", "the-later-one")
+    writes = [("HSET", keys.request(request_id), RequestField.STATUS, "QUEUED")]
+
+    def call(r: aioredis.Redis) -> Awaitable[int | None]:
+        return admit(
+            r,
+            keys,
+            settings,
+            record,
+            request_id=request_id,
+            cost=2,
+            queue_keys=[],
+            commands=writes,
+            idempotency_record=idempotency_record,
+        )
+
+    with pytest.raises(Superseded):
+        with_redis(settings, call)
+    assert _balance(redis_client, keys, record.id) == 5
+    assert not redis_client.exists(keys.request(request_id))
+    redis_client.hset(idempotency_record, "request_id", request_id)
+    assert with_redis(settings, call) == 3  # still its own: admitted
+
+
 # --- queue full ----------------------------------------------------------------------------
 
 
@@ -353,7 +404,7 @@ def test_queue_full_is_a_429_with_retry_after(
     queue_keys = [keys.rq_queue_key("tiny"), keys.rq_queue_key("juggernaut")]
     redis_client.rpush(queue_keys[0], "j1", "j2")
     request_id = new_request()
-    call = lambda r: reserve(r, keys, small, record, request_id=request_id, cost=1, queue_keys=queue_keys)  # noqa: E731
+    call = lambda r: admit(r, keys, small, record, request_id=request_id, cost=1, queue_keys=queue_keys)  # noqa: E731
 
     assert with_redis(small, call) == 4  # 2 queued < 3: accepted
     redis_client.rpush(queue_keys[1], "j3")
@@ -379,7 +430,7 @@ def test_refund_gives_credits_back_exactly_once(
     request_id = new_request()
 
     async def body(r: aioredis.Redis) -> list[int | None]:
-        await reserve(r, keys, settings, record, request_id=request_id, cost=2, queue_keys=[])
+        await admit(r, keys, settings, record, request_id=request_id, cost=2, queue_keys=[])
         return [await refund(r, keys, request_id) for _ in range(3)]
 
     assert with_redis(settings, body) == [5, 5, 5]
@@ -395,7 +446,7 @@ def test_concurrent_refunds_count_once(
     request_id = new_request()
 
     async def body(r: aioredis.Redis) -> None:
-        await reserve(r, keys, settings, record, request_id=request_id, cost=3, queue_keys=[])
+        await admit(r, keys, settings, record, request_id=request_id, cost=3, queue_keys=[])
         await asyncio.gather(*(refund(r, keys, request_id) for _ in range(20)))
 
     with_redis(settings, body)
@@ -416,7 +467,7 @@ def test_refund_of_unlimited_or_unknown_is_a_no_op(
     _, record = api_keys.create_key(redis_client, keys, name="a")
     request_id = new_request()
     with_redis(
-        settings, lambda r: reserve(r, keys, settings, record, request_id=request_id, cost=2, queue_keys=[])
+        settings, lambda r: admit(r, keys, settings, record, request_id=request_id, cost=2, queue_keys=[])
     )
     assert refund_sync(redis_client, keys, request_id) is None
     assert _balance(redis_client, keys, record.id) is None
@@ -437,7 +488,7 @@ def test_works_with_decoding_clients(redis_client: redis.Redis, keys: RedisKeys,
         r = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
         try:
             got = await authenticate(r, keys, settings, key)
-            return got, await reserve(r, keys, settings, got, request_id=request_id, cost=2, queue_keys=[])
+            return got, await admit(r, keys, settings, got, request_id=request_id, cost=2, queue_keys=[])
         finally:
             await r.aclose()
 

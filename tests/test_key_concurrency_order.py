@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import httpx
 
-from app.core import admission, api_keys, lua_scripts
 from app.core.lifecycle import Lifecycle, failed_fields
 from app.core.settings import Settings
 from tests.test_e2e_api import FAST, IMAGE, SLUG
@@ -33,35 +32,3 @@ def test_the_older_request_starts_first_whoever_reaches_the_start_step_first(sta
     assert client.lrange(queue, 0, -1) == [ids[1].encode(), ids[2].encode()], "its turn: back in front"
     assert lifecycle.start(client, ids[2], "worker-a") == b"PARKED", "the youngest still waits"
     assert lifecycle.start(client, ids[1], "worker-b") == b"OK"
-
-
-def test_a_reservation_rolled_back_leaves_the_line(stack):
-    """Reserve and enqueue are two steps: when the API dies between them, the reaper's roll back
-    must also take the reservation out of the key's line, or it would hold the key's turn for ever."""
-    client = stack.redis()
-    _, record = api_keys.create_key(client, stack.keys, name="rolled-back", concurrency=1)
-    reply = lua_scripts.run(
-        client,
-        "reserve",
-        keys={
-            "request": stack.keys.request("half"),
-            "key_index": stack.keys.api_key_index,
-            "reservations": stack.keys.reservations,
-            "queues": [stack.keys.rq_queue_key("tiny")],
-        },
-        args={
-            "request_id": "half",
-            "key_id": record.id,
-            "cost": 1,
-            "max_queue": 100,
-            "key_prefix": stack.keys.api_key(""),
-            "ttl": 60,
-            "now": 1.0,
-        },
-    )
-    assert int(reply[0]) == 3
-    key_hash = client.hget(stack.keys.api_key_index, record.id).decode()
-    line = f"{stack.keys.api_key(key_hash)}:waiting"
-    assert client.zscore(line, "half") is not None
-    assert admission.unreserve(client, stack.keys, "half") in (b"ROLLED_BACK", "ROLLED_BACK")
-    assert client.zscore(line, "half") is None

@@ -1,20 +1,17 @@
 """Submission: the path every v1 and v2 request takes from a validated body to a queued job.
 
-Round trips to Redis: authentication and rate limit (one Lua call, done by the route before the body
-is read), credit reservation and queue-full check (one Lua call), then the request record, the input
-image and the RQ job in one more (enqueue.lua), which writes them only while the reservation holds.
-Reserve and enqueue are two steps, so the reservation is indexed: one whose request never follows
-(this process died, or Redis failed, in between) is rolled back by the reaper, and an enqueue that
-comes after a roll back writes nothing instead of running a request nobody paid for.
+Round trips to Redis: two Lua calls. Authentication and rate limit (done by the route before the
+body is read), then the queue-full check, the credits and the writes (the request record, the input
+image, the RQ job) in one step (submit.lua, through `admission.admit`): no moment exists at which
+credits are taken and the request is not written, whichever process dies when.
 
-The enqueue's writes, RQ's own among them, are recorded on a redis-py pipeline that is never
-executed and committed by that one script: no thread, no WATCH round trips, and RQ still decides
-what an enqueued job is.
+The writes, RQ's own among them, are recorded on a redis-py pipeline that is never executed and
+committed by that one script: no thread, no WATCH round trips, and RQ still decides what an
+enqueued job is.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import uuid
 from dataclasses import dataclass
@@ -25,10 +22,10 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from app.core import admission, lua_scripts
+from app.core import admission
 from app.core.api_keys import ApiKey
 from app.core.decode_budget import DecodeBudget
-from app.core.errors import Unavailable
+from app.core.errors import Conflict, Unavailable
 from app.core.image_decode import PreparedImage
 from app.core.image_intake import load_input_bytes, load_input_image
 from app.core.job_spec import JOB_FUNCTION, JobSpec, Status
@@ -41,10 +38,6 @@ from app.core.webhook_urls import check_webhook_url
 # RQ's own per-job limit; generation is bounded by steps, this only catches a wedged worker.
 JOB_TIMEOUT_S = 3600
 NO_OPTIONS = RequestOptions()
-
-
-class ReservationLost(Exception):
-    """The reservation was rolled back before the request could be written (this process stalled)."""
 
 
 @dataclass(frozen=True)
@@ -105,47 +98,30 @@ class Submitter:
         )
         if key.unmoderated:
             spec = dataclasses.replace(spec, moderated=False)
-        remaining = await admission.reserve(
-            self.aio,
-            self.keys,
-            self.settings,
-            key,
-            request_id=request_id,
-            cost=cost,
-            queue_keys=[self.keys.rq_queue_key(name) for name in self.model_names],
-            pending_ttl_s=self.settings.pending_ttl_s,
-        )
+        queue = self._queues[spec.base_model]
+        if queue.redis_server_version is None:  # rq asks once per Queue (INFO), on its sync client
+            await anyio.to_thread.run_sync(queue.get_redis_server_version)
         try:
-            await self._enqueue(spec, image.handoff, params.webhook_url, base_url, options)
-        except (redis.RedisError, ReservationLost):
-            # Give the credits back now if Redis lets us (else the reaper will). The script may have
-            # run with its reply lost: then the request exists, and its id lets the client see it.
-            with contextlib.suppress(redis.RedisError):
-                await anyio.to_thread.run_sync(admission.unreserve, self.sync, self.keys, request_id)
+            remaining = await admission.admit(
+                self.aio,
+                self.keys,
+                self.settings,
+                key,
+                request_id=request_id,
+                cost=cost,
+                queue_keys=[self.keys.rq_queue_key(name) for name in self.model_names],
+                pending_ttl_s=self.settings.pending_ttl_s,
+                commands=self._writes(queue, spec, image.handoff, params.webhook_url, base_url, options),
+                idempotency_record=options.idempotency_record,
+            )
+        except (redis.RedisError, admission.Superseded, Conflict):
+            # Nothing was taken, or the script ran with its reply lost (a Conflict: the client's one
+            # retry on a lost connection found the request its first try wrote): then the request
+            # exists, and its id lets the client see it.
             raise Unavailable(headers={"x-request-id": request_id}) from None
         return Submitted(
             spec=spec, key=key, remaining_credits=remaining, ignored_fields=params.ignored_fields
         )
-
-    async def _enqueue(
-        self, spec: JobSpec, image: bytes, webhook_url: str | None, base_url: str, options: RequestOptions
-    ) -> None:
-        queue = self._queues[spec.base_model]
-        if queue.redis_server_version is None:  # rq asks once per Queue (INFO), on its sync client
-            await anyio.to_thread.run_sync(queue.get_redis_server_version)
-        writes = self._writes(queue, spec, image, webhook_url, base_url, options)
-        layout, blob = lua_scripts.pack_commands(writes, self.aio.get_encoder())
-        reply = await lua_scripts.run(
-            self.aio,
-            "enqueue",
-            keys={
-                "request": self.keys.request(spec.request_id),
-                "idempotency_record": [options.idempotency_record] if options.idempotency_record else [],
-            },
-            args={"request_id": spec.request_id, "layout": layout, "blob": blob},
-        )
-        if reply != b"QUEUED":
-            raise ReservationLost(spec.request_id)
 
     def _writes(
         self,
@@ -156,7 +132,7 @@ class Submitter:
         base_url: str,
         options: RequestOptions,
     ) -> list[tuple[Any, ...]]:
-        """The enqueue's commands, recorded on a pipeline that never runs (a redis-py pipeline
+        """The submission's writes, recorded on a pipeline that never runs (a redis-py pipeline
         buffers everything until `execute`, so recording does no I/O)."""
         request_key = self.keys.request(spec.request_id)
         record = {
@@ -178,7 +154,6 @@ class Submitter:
         pipe.expire(request_key, ttl)
         pipe.set(spec.input_key, image, ex=ttl)
         pipe.zadd(self.keys.queued, {spec.request_id: spec.created_at})
-        pipe.zrem(self.keys.reservations, spec.request_id)
         options.write(pipe, self.keys, spec, ttl)
         queue.enqueue_call(
             JOB_FUNCTION,

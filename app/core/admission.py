@@ -1,4 +1,5 @@
-"""Admission on the hot path: authenticate + rate limit, reserve credits + queue-full check, refund.
+"""Admission on the hot path: authenticate + rate limit; queue-full check + credits + the request's
+writes (`admit`); refund.
 
 Each step is one Lua script, so one Redis round trip, and is atomic: no interleaving of concurrent
 requests (in one API process or many) can overdraw a balance, exceed a rate, or refund twice.
@@ -9,11 +10,10 @@ Choices (CONTRACT sections 1 and 6):
   authenticated submission is logged before validation, so requests later refused (400, 403, 406,
   queue full) count too; a submission refused by the rate limit itself is not logged, otherwise a
   client retrying at `Retry-After` would push its own reset further out for ever.
-- Credits: reserved after the queue-full check in one script, and the request hash records
-  key_id and cost so that the step that ends the request FAILED (app/core/lua/_end_request.lua)
-  gives them back exactly once (HSETNX `RequestField.REFUNDED`). A reservation whose request is
-  never written (the API died between reserve and enqueue) is rolled back by the reaper
-  (`unreserve`).
+- Credits: taken after the queue-full check, in the script that writes the request (submit.lua),
+  so that none are ever taken for a request that was not written. The request hash records key_id
+  and cost so that the step that ends the request FAILED (app/core/lua/_end_request.lua) gives them
+  back exactly once (HSETNX `RequestField.REFUNDED`).
 - The scripts are files in app/core/lua/, called through app/core/lua_scripts.py.
 - RedisKeys derived inside the scripts (a key's hash from the id index, its rate log from its id) are
   built from prefixes passed as arguments: fine on a single Redis (the deployment target, as for
@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +36,13 @@ from app.core.redis_keys import RedisKeys
 from app.core.settings import Settings
 
 RATE_WINDOW_S = 60.0
+
+
+class Superseded(Exception):
+    """The submission's Idempotency-Key record names another request now: its pending TTL ran out
+    while this submission stalled, and a later one with the same key took it."""
+
+
 # A full queue's Retry-After is the ETA of its next start (app/core/eta.py); this when there is none
 # (no live worker serves a queued model).
 QUEUE_FULL_RETRY_AFTER_S = 5
@@ -120,7 +127,7 @@ def check_model_allowed(record: ApiKey, base_model: str) -> None:
         raise Forbidden(f"This API key may not use base_model '{base_model}' (allowed: {allowed})")
 
 
-async def reserve(
+async def admit(
     r: Any,
     keys: RedisKeys,
     settings: Settings,
@@ -130,23 +137,22 @@ async def reserve(
     cost: int,
     queue_keys: list[str],
     pending_ttl_s: int | None = None,
+    commands: Sequence[Sequence[Any]] = (),
+    idempotency_record: str | None = None,
 ) -> int | None:
-    """Check the queue is not full, then take `cost` from the key's balance, in one atomic script.
+    """Check the queue is not full, take `cost` from the key's balance and run the request's
+    `commands` (its writes, app/api/submission.py), in one atomic script (submit.lua).
 
     Records key_id and cost in the request hash for the refund, with `pending_ttl_s` as its TTL
-    when given, and indexes the reservation: the enqueue takes it out, the reaper rolls back one
-    whose request was never written (`unreserve`). Returns the remaining balance, None for an
+    when given. `idempotency_record`: the Idempotency-Key record that must still name this request
+    (else `Superseded`, nothing taken or written). Returns the remaining balance, None for an
     unlimited key.
     """
+    layout, blob = lua_scripts.pack_commands(commands, r.get_encoder())
     reply = await lua_scripts.run(
         r,
-        "reserve",
-        keys={
-            "request": keys.request(request_id),
-            "key_index": keys.api_key_index,
-            "reservations": keys.reservations,
-            "queues": queue_keys,
-        },
+        "submit",
+        keys={"request": keys.request(request_id), "key_index": keys.api_key_index, "queues": queue_keys},
         args={
             "request_id": request_id,
             "key_id": record.id,
@@ -155,13 +161,16 @@ async def reserve(
             "key_prefix": keys.api_key(""),
             "ttl": pending_ttl_s or 0,
             "now": time.time(),
+            "idempotency_record": idempotency_record or "",
+            "layout": layout,
+            "blob": blob,
         },
     )
     if _int(reply[0]) == 0:
         models = [queue_key.removeprefix(keys.rq_queue_key("")) for queue_key in queue_keys]
         wait_s = await eta.queue_slot_wait_s(r, keys, models)
         raise _queue_full(QUEUE_FULL_RETRY_AFTER_S if wait_s is None else wait_s)
-    return _reserved(reply, cost)
+    return _admitted(reply, cost)
 
 
 def _queue_full(retry_after_s: float) -> QueueFull:
@@ -169,7 +178,7 @@ def _queue_full(retry_after_s: float) -> QueueFull:
     return QueueFull(headers=_retry_headers(retry_after_s, now + retry_after_s))
 
 
-def _reserved(reply: list[Any], cost: int) -> int | None:
+def _admitted(reply: list[Any], cost: int) -> int | None:
     outcome = _int(reply[0])
     if outcome == 3:
         return _int(reply[1]) if reply[1] is not None else None
@@ -181,8 +190,10 @@ def _reserved(reply: list[Any], cost: int) -> int | None:
     if outcome == 0:
         raise _queue_full(QUEUE_FULL_RETRY_AFTER_S)
     if outcome == 1:
-        raise Unauthorized()  # revoked between authenticate and reserve
-    raise Conflict("credits were already reserved for this request")
+        raise Unauthorized()  # revoked between authenticate and admit
+    if outcome == 5:
+        raise Superseded()
+    raise Conflict("this request was already submitted")
 
 
 async def refund(r: Any, keys: RedisKeys, request_id: str) -> int | None:
@@ -207,19 +218,3 @@ def _refund_call(keys: RedisKeys, request_id: str) -> dict[str, dict[str, str]]:
 
 def _refunded(reply: list[Any]) -> int | None:
     return _int(reply[1]) if _int(reply[0]) == 1 else None
-
-
-def unreserve(r: Any, keys: RedisKeys, request_id: str) -> str:
-    """Rolls back a reservation whose request was never written (sync client): "ROLLED_BACK" (the
-    credits are back), or "KEPT" when the request exists after all."""
-    reply = lua_scripts.run(
-        r,
-        "unreserve",
-        keys={
-            "request": keys.request(request_id),
-            "key_index": keys.api_key_index,
-            "reservations": keys.reservations,
-        },
-        args={"request_id": request_id, "key_prefix": keys.api_key("")},
-    )
-    return reply.decode() if isinstance(reply, bytes) else reply

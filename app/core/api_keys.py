@@ -7,7 +7,7 @@ key also has a short random public id (`key_ab12cd34`) that the CLI, logs and re
 
 Fields of a key hash (absent credits/rpm/models/concurrency = unlimited / any base model):
     id, name, created_at, credits, rpm, models (JSON list), disabled ("0" or "1"), concurrency,
-    used (credits spent, kept by the Lua steps that reserve and refund)
+    used (credits spent, kept by the Lua steps that admit and refund)
 
 Revoking marks the key disabled (kept, so `keys list` still shows it and its requests keep a
 readable owner); a disabled key authenticates exactly like an unknown one: 401.

@@ -6,7 +6,7 @@ digest of the body (app/core/lua/idempotency_claim.lua): the first submission ta
 goes on with the request id it holds; the others are told that id. While the first is still being
 submitted (its image fetched), the others wait for its request to exist, or for the key to be freed
 when the first is refused (then one of them goes on in its place). The submission's enqueue marks
-the record `created` and gives it the request's TTL in its one step (`RequestOptions`, enqueue.lua), so the
+the record `created` and gives it the request's TTL in its one step (`RequestOptions`, submit.lua), so the
 record lives as long as the request; one whose request has expired frees the key.
 """
 

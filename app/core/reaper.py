@@ -1,8 +1,7 @@
 """Lost workers: a PROCESSING request whose worker's heartbeat has expired runs once more on another
 worker, or ends FAILED "worker lost" with its credits back (CONTRACT 6). The same passes end QUEUED
-requests past SDXL_MAX_QUEUE_TIME_S ("expired in queue") and roll back credit reservations whose
-request was never written (the API died between reserve and enqueue). Every refund is made by the
-Lua step that ends the request, never by a second call.
+requests past SDXL_MAX_QUEUE_TIME_S ("expired in queue"). Every refund is made by the Lua step that
+ends the request, never by a second call.
 
 Every worker runs a pass at each heartbeat, and so does the API (so that a request is not left
 PROCESSING when no worker at all is left). The decision itself is one Lua script, so two reapers
@@ -19,7 +18,6 @@ import redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-from app.core import admission
 from app.core.deadlines import end_past_deadlines, record_failed
 from app.core.errors import UnreadableRecord
 from app.core.job_spec import base_model_of
@@ -34,8 +32,7 @@ def reap_lost_requests(
 ) -> dict[str, str]:
     """One pass over the PROCESSING requests whose worker is dead and the QUEUED requests unchecked
     for `stranded_after_s`; returns {request_id: outcome} for those acted on."""
-    acted = roll_back_reservations(client, keys, older_than_s=stranded_after_s)
-    acted |= end_past_deadlines(client, keys, lifecycle)
+    acted = end_past_deadlines(client, keys, lifecycle)
     acted |= requeue_stranded(client, keys, lifecycle, older_than_s=stranded_after_s)
     for raw_id in client.zrange(keys.processing, 0, -1):
         request_id = raw_id.decode()
@@ -82,21 +79,6 @@ def retire_rq_worker(client: redis.Redis, worker_id: str) -> None:
     worker = SimpleWorker.find_by_key(f"rq:worker:{worker_id}", connection=client, serializer=JSONSerializer)
     if worker is not None and worker.death_date is None:
         worker.register_death()
-
-
-def roll_back_reservations(
-    client: redis.Redis, keys: RedisKeys, *, older_than_s: float, limit: int = 500
-) -> dict[str, str]:
-    """Reservations older than `older_than_s` whose request was never written get their credits
-    back (the enqueue writes the request within milliseconds of the reserve, or not at all)."""
-    acted: dict[str, str] = {}
-    due = client.zrangebyscore(keys.reservations, "-inf", time.time() - older_than_s, start=0, num=limit)
-    for raw_id in due:
-        request_id = raw_id.decode()
-        if admission.unreserve(client, keys, request_id) == "ROLLED_BACK":
-            acted[request_id] = "ROLLED_BACK"
-            log.warning("reservation rolled back", extra={"request_id": request_id})
-    return acted
 
 
 def requeue_stranded(

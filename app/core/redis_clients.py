@@ -6,8 +6,9 @@ retried once, at once, on a fresh connection, on a ConnectionError only (a timeo
 a hung Redis must stay a quick 502). A stale connection fails before the server sees the command,
 so the retry runs it once; in the rare case of a connection lost after the server ran a command,
 what the API and workers send is safe to run twice: the Lua steps check the state first (a second
-cancel, start, finish, reap or claim changes nothing), a repeated reserve is refused and its
-reservation rolled back by the reaper, and reads are reads. Metrics counters may count one event
+cancel, start, finish, reap or claim changes nothing), a repeated submission finds the request its
+first run wrote and is answered 502 with the request's id (app/api/submission.py), and reads are
+reads. Metrics counters may count one event
 twice. The CLI's key commands (credits) use a client without this retry.
 """
 

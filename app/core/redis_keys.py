@@ -87,12 +87,6 @@ class RedisKeys:
         """RQ's hash for a request's job (the RQ job id is the request id, see app/api/submission.py)."""
         return f"rq:job:{request_id}"
 
-    @property
-    def reservations(self) -> str:
-        """Sorted set of request ids whose credits were reserved (score: when) and whose record is
-        not written yet; one left there too long is rolled back by the reaper (app/core/reaper.py)."""
-        return f"{self.prefix}:reservations"
-
     def idempotency(self, key_id: str, idempotency_key: str) -> str:
         """Hash {request_id, digest, state} of one Idempotency-Key of one API key (the header's
         value hashed: bounded, and no odd characters in key names), app/core/idempotency.py."""

@@ -1,6 +1,6 @@
 """What a submission carries beyond its body (CONTRACT 10): the request id its Idempotency-Key
 record holds, that record, and its Cancel-After. The submission's enqueue writes them in its one
-step (enqueue.lua), beside the request itself, so they exist exactly when the request does."""
+step (submit.lua), beside the request itself, so they exist exactly when the request does."""
 
 from __future__ import annotations
 

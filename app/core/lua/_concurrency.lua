@@ -3,7 +3,7 @@
 -- sets per limited key, named after its hash (`<key hash key>:running|waiting|parked`), each
 -- expiring with the longest-lived of its requests:
 -- - running: its PROCESSING requests (score: start time);
--- - waiting: its QUEUED requests (score: submission time), from the reserve that admits one (or
+-- - waiting: its QUEUED requests (score: submission time), from the submission that admits one (or
 --   the reaper's requeue) to its start or end; their order is the order they may start in;
 -- - parked: the waiting requests a worker popped before their turn, out of every queue; they wait
 --   there, never refused, until an end makes it their turn and puts them back at the front of
@@ -62,18 +62,10 @@ local function release_turns(slots, request, request_id)
   end
 end
 
--- reserve.lua: an admitted request of a limited key takes its place in line.
+-- submit.lua: an admitted request of a limited key takes its place in line.
 local function join_line(request, request_id, now)
   local slots = key_slots(request)
   if slots then wait_in_line(slots, request, request_id, tonumber(now)) end
-end
-
--- unreserve.lua: a reservation rolled back leaves the line (it would hold a turn for ever).
-local function leave_line(request, request_id)
-  local slots = key_slots(request)
-  if not slots then return end
-  redis.call('ZREM', slots.waiting, request_id)
-  release_turns(slots, request, request_id)
 end
 
 -- start.lua: true when it is the request's turn (it then holds a running slot), false when it
