@@ -348,13 +348,18 @@ def test_admit_runs_the_requests_writes_in_the_same_step(
 ) -> None:
     _, record = api_keys.create_key(redis_client, keys, name="a", credits=1)
     request_id, marker = new_request(), f"{keys.prefix}:marker"
-    writes = [("HSET", keys.request(request_id), RequestField.STATUS, "QUEUED"), ("SET", marker, b"\x00\xff")]
+    writes = [
+        ("HSET", keys.request(request_id), RequestField.STATUS, "QUEUED"),
+        ("SET", marker, b"\x00\xff"),
+        ("EXPIRE", marker, 60),  # bytes, str and int arguments, each encoded as redis-py would
+    ]
     call = lambda r: admit(  # noqa: E731
         r, keys, settings, record, request_id=request_id, cost=1, queue_keys=[], commands=writes
     )
     assert with_redis(settings, call) == 0
     assert redis_client.hget(keys.request(request_id), RequestField.STATUS) == b"QUEUED"
     assert redis_client.get(marker) == b"\x00\xff"  # binary arguments arrive as sent
+    assert 50 <= redis_client.ttl(marker) <= 60
     redis_client.delete(marker)
     request_id = new_request()
     with pytest.raises(InsufficientCredits):
