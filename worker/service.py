@@ -269,9 +269,10 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
     install_context(context)
     heartbeat = Heartbeat(settings, context, model_names, engine_info=lambda: device_info(engine))
     context.stop_heartbeat = heartbeat.stop
-    # Until RQ's work() installs its own handlers, SIGTERM's default action would end the process
-    # with this worker left in the registry: leave through the `finally` (unregister) instead.
-    signal.signal(signal.SIGTERM, _exit_before_rq)
+    # Until RQ's work() installs its own handlers (after its bootstrap, which can fail on Redis and
+    # be retried), SIGTERM's default action would end the process with this worker left in the
+    # registry: leave through the `finally` (unregister) instead, with the exit code of a stop.
+    signal.signal(signal.SIGTERM, _stop_before_rq)
     try:
         first_beat(heartbeat)
         heartbeat.start()
@@ -279,14 +280,17 @@ def run_worker(settings: Settings, models_config: ModelsConfig, model_names: lis
         heartbeat.rq_worker = worker
         log.info("worker listening", extra={"worker": context.worker_id, "queues": worker.queue_names()})
         work_until_stopped(worker, settings.log_level)
+    except StopRequested:
+        pass  # SIGTERM during the first beat or before RQ's loop was entered
     finally:
         heartbeat.stop()
         install_context(None)
+    # A heartbeat that gave up stops the worker with a SIGTERM of its own: exit 1, to be restarted.
     return 1 if heartbeat.lost else 0
 
 
-def _exit_before_rq(signum: int, frame: Any) -> None:
-    raise SystemExit(0)
+def _stop_before_rq(signum: int, frame: Any) -> None:
+    raise StopRequested()
 
 
 def rq_worker(
@@ -328,4 +332,6 @@ def work_until_stopped(worker: SimpleWorker, log_level: str) -> None:
             log.warning("worker loop ended; waiting for Redis")
             wait_for_redis(worker)
     except StopRequested:
-        pass  # SIGTERM while idle outside RQ's loop (waiting for Redis): rq's handler raises this
+        # SIGTERM while waiting for Redis outside RQ's loop: rq's handler raises this, and so does
+        # _stop_before_rq while RQ's bootstrap has not got through.
+        pass
