@@ -32,7 +32,8 @@ SCRIPT_NAMES = sorted(
 
 def slow_job(side: int, steps: int = 100) -> dict[str, Any]:
     """`steps` denoising steps at strength 1 on `tiny`: long enough to be caught mid-job (100 steps at
-    512 px take about a minute on this 2-core CPU box, at 256 px about 5 s, at 128 px about 2.5 s)."""
+    512 px take about a minute on this 2-core CPU box, at 256 px about 5 s, at 128 px about 2.5 s;
+    on a fast day 2.5x less: 256 px once took 2.0 s, so a test that needs seconds asks for more)."""
     image = base64.b64encode(image_factory.jpeg(side, side)).decode()
     return {
         "image": image,

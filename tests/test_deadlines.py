@@ -63,7 +63,8 @@ def test_a_queued_request_past_its_deadline_ends_failed_refunded_without_running
 
 
 def test_a_request_waiting_behind_another_past_its_deadline_never_runs(stack, key, http):
-    blocker = http.post(f"/v2/{SLUG}", json=slow_job(128, steps=100)).json()["request_id"]
+    # 384 px (about 5-11 s): at 128 px the blocker once ended inside the waiting request's 1 s
+    blocker = http.post(f"/v2/{SLUG}", json=slow_job(384, steps=100)).json()["request_id"]
     running_worker(stack, blocker, timeout=60)
     waiting = submit(http, {"image": IMAGE, "prompt": "p", **FAST}, "1")
     body, _ = ends(http, waiting)

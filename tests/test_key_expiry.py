@@ -87,7 +87,9 @@ def test_every_key_of_a_request_expires_and_a_killed_worker_leaves_rqs_registrie
     client = stack.redis()
     assert 0 < client.ttl(f"rq:job:{queued}") <= RESULT_TTL_S, "RQ's job hash of a cancelled request"
 
-    running = submit(stack, key, slow_job(256))
+    # 512 px: still running when killed 2 s in (at 256 px it once completed first, on a fast day,
+    # and an idle worker's death frees no request, so nothing retired its RQ registration)
+    running = submit(stack, key, slow_job(512))
     worker_id = running_worker(stack, running, timeout=60)
     rq_key = f"rq:worker:{worker_id}"
     assert client.sismember("rq:workers", rq_key)
