@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -39,3 +40,28 @@ def test_thirty_scheduler_names():
 def test_keys_are_prefixed():
     keys = RedisKeys("abc")
     assert keys.request("x").startswith("abc:") and keys.queue_name("tiny") == "abc.tiny"
+
+
+def test_seed_minus_one_draws_32_bit_seeds_apart_in_each_forked_process():
+    from app.core.request_model import validate_body
+
+    params = validate_body(
+        {"image": "aGVsbG8=", "prompt": "p", "seed": -1}, model_names=["tiny"], default_base_model="tiny"
+    )
+
+    def draws() -> list[int]:
+        specs = [params.to_job_spec(request_id="r", width=64, height=64, input_key="k") for _ in range(64)]
+        return [spec.seed for spec in specs]
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # a forked API process (uvicorn's supervisor, a pre-forking server) draws its own
+        os.write(write, json.dumps(draws()).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        in_child = json.loads(pipe.read())
+    os.waitpid(child, 0)
+    here = draws()
+    assert all(0 <= seed < 2**32 for seed in here + in_child)
+    assert len(set(here)) == 64 and not set(here) & set(in_child)
