@@ -11,6 +11,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 
 import redis
 
@@ -85,3 +86,11 @@ class PrivateRedis:
             self.process.kill()
             self.process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def running_private_redis() -> Iterator[PrivateRedis]:
+    """A `private_redis` fixture's body (`yield from` it): a started server, closed after the test."""
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.close()

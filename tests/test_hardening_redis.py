@@ -27,7 +27,7 @@ from tests.faults import (
     wait_request_end,
     wait_until,
 )
-from tests.private_redis import PrivateRedis
+from tests.private_redis import PrivateRedis, running_private_redis
 from tests.stack import Stack, make_stack
 
 pytestmark = pytest.mark.e2e
@@ -45,10 +45,7 @@ BOUND_S = 2.0
 
 @pytest.fixture(scope="module")
 def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.close()
+    yield from running_private_redis()
 
 
 @pytest.fixture(scope="module")

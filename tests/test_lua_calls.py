@@ -12,7 +12,7 @@ import redis
 import redis.asyncio
 
 from app.core import lua_scripts
-from tests.private_redis import PrivateRedis
+from tests.private_redis import PrivateRedis, running_private_redis
 
 KEYS = {"step_times": "lua-calls:step_times"}
 ARGS = {"field": "tiny:24", "seconds": 0.5, "weight": 0.2, "ttl": 60}
@@ -20,10 +20,7 @@ ARGS = {"field": "tiny:24", "seconds": 0.5, "weight": 0.2, "ttl": 60}
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.close()
+    yield from running_private_redis()
 
 
 def commands_seen(client: redis.Redis) -> dict[str, int]:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.faults import absent_worker, report, slow_job, wait_until
-from tests.private_redis import PrivateRedis
+from tests.private_redis import PrivateRedis, running_private_redis
 from tests.stack import Stack, make_stack
 from tests.test_hardening_redis import FAST, SLUG
 
@@ -25,10 +25,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.close()
+    yield from running_private_redis()
 
 
 def stack_on(private_redis: PrivateRedis, **env: str) -> Stack:
