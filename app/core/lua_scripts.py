@@ -1,5 +1,5 @@
 """The Lua layer, one way: every script is a file in `app/core/lua/`, called by name with its keys
-and arguments by name, registered once per client.
+and arguments by name, sent as one EVALSHA (see Calls below).
 
 A script file declares what it takes in its first lines:
 
