@@ -4,8 +4,8 @@ QUEUED -> PROCESSING -> COMPLETED | FAILED, plus cancel (QUEUED -> FAILED at onc
 and reap (PROCESSING with a dead worker -> QUEUED again once, then FAILED "worker lost"), and the
 queue-time limit (QUEUED too long -> FAILED "expired in queue"). Every FAILED end is refunded in the
 same Lua step that ends the request (app/core/lua/_end_request.lua).
-Torch- and web-free: the worker calls it with a sync client, the API with an async one; the script
-objects returned by `register_script` work for both.
+Torch- and web-free: the worker calls it with a sync client, the API with an async one;
+`lua_scripts.run` serves both.
 """
 
 from __future__ import annotations
