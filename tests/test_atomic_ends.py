@@ -137,11 +137,22 @@ def test_worker_lost_frozen_after_the_reap_is_refunded(stack):
     # As if this were its second run already: the next reap ends it FAILED "worker lost".
     stack.redis().hset(stack.keys.request(request_id), "attempts", 2)
     [worker] = stack.workers
+    # Only the API reaps once the worker is dead. It is held (SIGSTOP) until the heartbeat has gone,
+    # so that the reap step watched is its first one after that: a pass that fell between the
+    # heartbeat's expiry and the start of the watch reaped unseen (a CI run timed out so).
+    os.kill(stack.api.pid, signal.SIGSTOP)
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait(timeout=10)
     wait_until(lambda: heartbeat(stack, worker_id) is None, JOB_LOST_S, "the heartbeat to expire")
-    # Only the API reaps now: freeze it right after its reap step.
-    freeze_after_script(stack, stack.api.pid, "reap", lambda: None, matches=lambda w: request_id in w)
+    assert request_fields(stack, request_id)["status"] == "PROCESSING"
+    # Let the API go on, and freeze it again right after its reap step.
+    freeze_after_script(
+        stack,
+        stack.api.pid,
+        "reap",
+        lambda: os.kill(stack.api.pid, signal.SIGCONT),
+        matches=lambda words: request_id in words,
+    )
     fields = request_fields(stack, request_id)
     assert fields["status"] == "FAILED" and fields["error"] == "worker lost"
     assert balance(stack, key) == 10
