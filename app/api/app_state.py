@@ -30,7 +30,11 @@ class AppState:
     open_waits: OpenWaits  # live status streams and long polls (app/api/open_waits.py)
 
 
+def app_state(request: Request) -> AppState:
+    return request.app.state.sdxl
+
+
 async def get_state(request: Request) -> AppState:
     # async: FastAPI runs a plain `def` dependency in its thread pool, a hop to a thread and back on
     # every request for an attribute read (small v2 submission, API CPU median 2.95 -> 2.60 ms).
-    return request.app.state.sdxl
+    return app_state(request)

@@ -10,11 +10,12 @@ import time
 
 import anyio
 import redis
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.api.app_state import AppState, get_state
+from app.api.app_state import AppState, app_state
 from app.api.auth import submission_key
+from app.api.direct_route import DirectRoute
 from app.api.idempotent_submission import submit_once
 from app.api.request_body import parse_body
 from app.api.submission import Submitted
@@ -34,7 +35,8 @@ from app.core.redis_clients import BLOCKING_SLICE_S
 from app.core.request_model import Img2ImgRequest, validate_body
 from app.core.request_options import RequestOptions
 
-router = APIRouter(tags=["generation"])
+# Direct routes: the two submissions read their own body and build their own answers.
+router = APIRouter(tags=["generation"], route_class=DirectRoute)
 log = logging.getLogger("sdxl.api")
 
 _body_schema = Img2ImgRequest.model_json_schema()
@@ -119,8 +121,9 @@ async def submit(request: Request, state: AppState, *, needs_worker: bool = Fals
 
 
 @router.post("/v2/{slug}", openapi_extra=BODY_DOC, responses=ERRORS, summary="Queue an img2img request")
-async def submit_v2(slug: str, request: Request, state: AppState = Depends(get_state)) -> JSONResponse:
+async def submit_v2(request: Request, slug: str) -> JSONResponse:
     check_slug(slug)
+    state = app_state(request)
     submitted = await submit(request, state)
     base = public_base_url(request, state)
     request_id = submitted.spec.request_id
@@ -172,8 +175,9 @@ async def wait_for_end(state: AppState, request_id: str, timeout_s: float) -> bo
     },
     summary="Run an img2img request and wait for the image",
 )
-async def run_v1(slug: str, request: Request, state: AppState = Depends(get_state)) -> Response:
+async def run_v1(request: Request, slug: str) -> Response:
     check_slug(slug)
+    state = app_state(request)
     submitted = await submit(request, state, needs_worker=True)
     try:
         return await answer_v1(state, submitted)
